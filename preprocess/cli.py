@@ -1,0 +1,125 @@
+"""Command line: argument parsing and messages only; the work is in the library."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .pipeline import JobOptions, Limits
+
+PATH = click.Path(path_type=Path)
+
+
+def fail(message: str, code: int = 2):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _model_options(f):
+    opts = [
+        click.option("--config", "config", type=PATH, required=True,
+                     help="IndexTTS2 config.yaml (its gpt and semantic_codec sections are used)."),
+        click.option("--tokenizer", type=PATH, required=True, help="SentencePiece bpe.model."),
+        click.option("--gpt-checkpoint", type=PATH, help="gpt.pth [default: gpt_checkpoint beside the config]."),
+        click.option("--w2v-stats", type=PATH, help="wav2vec2bert_stats.pt [default: w2v_stat beside the config]."),
+        click.option("--w2v-bert", type=PATH,
+                     help="Local facebook/w2v-bert-2.0 directory [default: the local Hugging Face cache]."),
+        click.option("--semantic-codec", type=PATH,
+                     help="MaskGCT semantic_codec/model.safetensors [default: the local Hugging Face cache]."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--manifest", type=PATH, help="Corpus manifest: JSONL or CSV with id, text, audio[, speaker, language, duration].")
+@click.option("--output-dir", type=PATH, help="Where the feature store, manifests and stats go.")
+@click.option("--dataset", "datasets", multiple=True, metavar="LANG=MANIFEST[=OUT]",
+              help="Several datasets in one run (models load once); repeatable. Uses --output-root.")
+@click.option("--output-root", type=PATH, default=Path("."), show_default=True,
+              help="Parent of <lang>_processed_data for --dataset entries without OUT.")
+@_model_options
+@click.option("--language", help="Normaliser hint for every record [default: each record's own 'language'].")
+@click.option("--val-ratio", type=float, default=0.01, show_default=True)
+@click.option("--batch-size", type=int, default=0, show_default=True,
+              help="Utterances per batch; 0 = automatic frame budget from device memory.")
+@click.option("--workers", type=int, default=0, show_default=True, help="CPU worker processes; 0 = automatic.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--devices", help="Several GPUs on this machine: 'all' or a list like 0,1,3 (one worker each).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
+@click.option("--max-samples", type=int, help="Process at most this many new utterances in this run.")
+@click.option("--min-duration", type=float, default=Limits.min_duration, show_default=True, help="Seconds.")
+@click.option("--max-duration", type=float, default=Limits.max_duration, show_default=True, help="Seconds.")
+@click.option("--max-text-len", type=int, default=Limits.max_text_len, show_default=True)
+@click.option("--max-code-len", type=int, default=Limits.max_code_len, show_default=True)
+@click.option("--resample", type=click.Choice(["reference", "direct"]), default="reference", show_default=True,
+              help="reference: native -> 24 kHz -> 16 kHz exactly as the reference (compatible codes); "
+                   "direct: one step to 16 kHz.")
+@click.option("--format", "fmt", type=click.Choice(["npy", "zarr"]), default="npy", show_default=True,
+              help="npy: the trainer's layout; zarr: a packed store (export with 'preprocess export').")
+@click.option("--latent-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
+              help="Storage dtype of condition and emo_vec in the zarr format.")
+@click.option("--strict", is_flag=True, help="Exit non-zero if any record was rejected.")
+@click.option("--force", is_flag=True, help="Replace outputs made with other settings instead of refusing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def preprocess_data(manifest, output_dir, datasets, output_root, config, tokenizer, gpt_checkpoint,
+                    w2v_stats, w2v_bert, semantic_codec, language, val_ratio, batch_size, workers,
+                    device, devices, precision, max_samples, min_duration, max_duration,
+                    max_text_len, max_code_len, resample, fmt, latent_dtype, strict, force, quiet):
+    """Turn a speech corpus manifest into IndexTTS2 GPT training features.
+
+    Writes text ids, semantic codes, conditioning latents and emotion vectors per utterance,
+    train/val manifests the trainer reads, stats.json and rejects.jsonl. Rerun the same
+    command to resume after an interruption.
+    """
+    from .models.bundle import MissingModelFile, ModelPaths
+    from .launch import DatasetSpec, parse_dataset, run_datasets
+
+    if datasets and (manifest or output_dir):
+        fail("use either --manifest/--output-dir or --dataset, not both")
+    if not datasets and not (manifest and output_dir):
+        fail("--manifest and --output-dir are required (or one --dataset LANG=MANIFEST[=OUT] per dataset)")
+    if not tokenizer.is_file():
+        fail(f"tokenizer {tokenizer} not found (pass the SentencePiece bpe.model with --tokenizer)")
+    try:
+        models = ModelPaths.resolve(config, gpt_checkpoint, w2v_stats, w2v_bert, semantic_codec)
+    except (MissingModelFile, ValueError) as e:
+        fail(str(e))
+    try:
+        specs = [parse_dataset(d, output_root) for d in datasets] if datasets else \
+            [DatasetSpec(language, manifest, output_dir)]
+    except ValueError as e:
+        fail(str(e))
+    for spec in specs:
+        if not spec.manifest.is_file():
+            fail(f"manifest {spec.manifest} not found")
+    base = JobOptions(
+        manifest=specs[0].manifest, output_dir=specs[0].output_dir, models=models, tokenizer=tokenizer,
+        language=language, val_ratio=val_ratio, batch_size=batch_size, workers=workers, device=device,
+        precision=precision, max_samples=max_samples,
+        limits=Limits(min_duration, max_duration, max_text_len, max_code_len),
+        resample=resample, format=fmt, latent_dtype=latent_dtype, force=force, progress=not quiet)
+    code = run_datasets(base, specs, devices=devices, strict=strict, echo=click.echo)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main():
+    """Tools around a preprocessed output directory."""
+
+
+@main.command()
+@click.argument("out", type=PATH)
+def verify(out):
+    """Check every manifest line of OUT as the trainer would read it; non-zero exit on problems."""
+    from .verify import verify_output
+
+    report = verify_output(out)
+    click.echo(report.render())
+    sys.exit(0 if report.ok else 1)
+
+
+main.add_command(preprocess_data, name="data")

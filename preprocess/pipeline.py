@@ -1,0 +1,579 @@
+"""The staged engine of one process.
+
+    plan (read, skip done, probe durations, sort) -> CPU workers (text ids, decode, resample,
+    fbank) -> device loop (batches under a frame budget, OOM split-and-retry) -> writer thread
+    (store, manifests, rejects, journal)
+
+Each arrow is bounded: a window of CPU tasks runs ahead of the device, at most a few batches
+wait for the writer. A record that fails anywhere becomes a reject and the flow goes on.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .batching import Budget, batch_cost, frames_for_seconds, take_batch
+from .manifest import Record, Reject, is_val, read_manifest, resolve_audio
+from .store.dataset import OutputDir
+from .store.npy import NpyStore, UtteranceFeatures
+from .store.stats import write_stats
+
+CHUNK = 32  # records per CPU task
+
+
+@dataclass
+class Limits:
+    min_duration: float = 0.1     # seconds; below ~75 ms the Conformer has no valid frame
+    max_duration: float = 36.0    # seconds; 36.3 s is the trainer's 1816-code limit
+    max_text_len: int = 600
+    max_code_len: int = 1816
+
+
+@dataclass
+class JobOptions:
+    manifest: Path
+    output_dir: Path
+    models: "ModelPaths"
+    tokenizer: Path
+    language: str | None = None
+    val_ratio: float = 0.01
+    batch_size: int = 0           # 0: automatic frame budget
+    workers: int = 0              # 0: automatic
+    device: str = "auto"
+    precision: str = "fp32"
+    max_samples: int | None = None
+    limits: Limits = field(default_factory=Limits)
+    resample: str = "reference"
+    format: str = "npy"
+    latent_dtype: str = "float32"
+    layer: int = 17
+    force: bool = False
+    memory_fraction: float = 0.9
+    progress: bool = True
+    only_ids: frozenset[str] | None = None  # this process's share of the ids (one GPU of several)
+
+
+@dataclass
+class RunSummary:
+    output_dir: Path
+    processed: int = 0
+    skipped_done: int = 0
+    rejected: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    device_seconds: float = 0.0
+    padding_efficiency: float = 1.0
+    stage_seconds: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    def text(self) -> str:
+        rate = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        s = self.stats
+        return (f"Processed {self.processed} utterances ({self.audio_seconds / 3600:.2f} h of audio) "
+                f"in {self.wall_seconds:.1f} s, {rate:.1f} s of audio per second; "
+                f"{self.skipped_done} already done were skipped and {self.rejected} were rejected "
+                f"this run (see rejects.jsonl). The output {self.output_dir} now holds "
+                f"{s.get('train', 0)} train and {s.get('val', 0)} val utterances "
+                f"({sum(s.get('hours', {}).values()):.2f} h), {s.get('rejected', 0)} rejects in all; "
+                f"padding efficiency {self.padding_efficiency:.2f}.")
+
+
+# -- CPU stage (runs in worker processes) ---------------------------------------------------
+
+@dataclass
+class WorkItem:
+    index: int
+    record: Record
+    audio_path: str
+
+
+@dataclass
+class Prepared:
+    index: int
+    text: str               # cleaned, not normalised (what the manifest stores)
+    text_ids: np.ndarray    # [text_len] int32
+    frames: int             # T: stacked frames = code_len
+    valid: int              # L: valid frames
+    audio_seconds: float
+    features: np.ndarray | None = None  # [T, 160] (CPU front end)
+    wave: np.ndarray | None = None      # 16 kHz samples (device front end)
+
+
+_worker: dict = {}
+
+
+def init_worker(tokenizer: str, resample: str, limits: Limits, device_fbank: bool) -> None:
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
+    from .text import TextTokenizer
+    _worker.update(tokenizer=TextTokenizer(tokenizer), resample=resample, limits=limits,
+                   device_fbank=device_fbank)
+
+
+def prepare_chunk(items: list[WorkItem], language: str | None) -> list[Prepared | Reject]:
+    return [prepare_one(item, language) for item in items]
+
+
+def prepare_one(item: WorkItem, language: str | None) -> Prepared | Reject:
+    from .audio import AudioError, load_audio, to_16k
+    from .frontend import fbank, frame_counts, stack_frames
+    from .text import clean_text
+
+    rec, lim = item.record, _worker["limits"]
+
+    def reject(stage, reason):
+        return Reject(rec.line, rec.id, stage, reason)
+
+    try:
+        text = clean_text(rec.text)
+        if not text:
+            return reject("text", "text is empty after cleaning")
+        ids = _worker["tokenizer"].encode(text, language or rec.language)
+        if not ids:
+            return reject("text", "text tokenises to nothing")
+        if len(ids) > lim.max_text_len:
+            return reject("limits", f"{len(ids)} text ids exceed the limit {lim.max_text_len}")
+        try:
+            wave, sr = load_audio(item.audio_path)
+        except AudioError as e:
+            return reject("audio", str(e))
+        seconds = len(wave) / sr
+        if seconds < lim.min_duration or seconds > lim.max_duration:
+            return reject("limits", f"duration {seconds:.3f} s outside "
+                                    f"[{lim.min_duration}, {lim.max_duration}] s")
+        wave16 = to_16k(wave, sr, _worker["resample"])
+        n_frames, frames, valid = frame_counts(len(wave16))
+        if (valid - 1) // 2 < 1:
+            return reject("limits", f"audio too short for the conditioning encoders "
+                                    f"({len(wave16)} samples at 16 kHz)")
+        if frames > lim.max_code_len:
+            return reject("limits", f"{frames} codes exceed the limit {lim.max_code_len}")
+        prepared = Prepared(item.index, text, np.asarray(ids, dtype=np.int32), frames, valid, seconds)
+        if _worker["device_fbank"]:
+            prepared.wave = wave16
+        else:
+            prepared.features = stack_frames(fbank(wave16))
+        return prepared
+    except Exception as e:  # a bug or an unforeseen input must not stop the corpus
+        return reject("prepare", f"{type(e).__name__}: {e}")
+
+
+# -- planning -------------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    """Every plannable item, longest first, done ones included: batches are formed over all of
+    them, so a resumed run computes each remaining batch with the same members (and, on CPU,
+    the same bytes) as an uninterrupted run."""
+
+    items: list[WorkItem]
+    frames: list[int]               # expected stacked frames per item (from the audio header)
+    seconds: list[float]
+    todo: list[bool]                # to be processed in this run
+    rejects: list[Reject]           # found while planning, not reported before
+    skipped_done: int
+    line_of: dict[str, int]         # id -> source line, for the final manifest order
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(sum(s for s, t in zip(self.seconds, self.todo) if t))
+
+    def batches(self, budget: Budget) -> list[list[int]]:
+        """Indices to process, grouped into the batches of a full run under `budget`."""
+        out, start = [], 0
+        while start < len(self.frames):
+            n = take_batch(self.frames, start, budget)
+            todo = [i for i in range(start, start + n) if self.todo[i]]
+            if todo:
+                out.append(todo)
+            start += n
+        return out
+
+
+def make_plan(opts: JobOptions, done: set[str], rejected_lines: set[int]) -> Plan:
+    """Read the manifest, probe durations from audio headers, sort longest first."""
+    from .audio import AudioError, probe_duration
+
+    manifest_dir = opts.manifest.resolve().parent
+    records, rejects, line_of = [], [], {}
+    for item in read_manifest(opts.manifest):
+        if isinstance(item, Reject):
+            # With a share of the ids, the launching process reports manifest-level rejects.
+            if opts.only_ids is None and item.line not in rejected_lines:
+                rejects.append(item)
+            continue
+        if opts.only_ids is not None and item.id not in opts.only_ids:
+            continue
+        line_of[item.id] = item.line
+        records.append(item)
+
+    def probe(rec: Record):
+        path = resolve_audio(rec.audio, manifest_dir)
+        if path is None:
+            return f"audio file not found: {rec.audio} (looked in {manifest_dir} and {Path.cwd()})"
+        try:
+            return str(path), probe_duration(path)
+        except AudioError as e:
+            return str(e)
+
+    with ThreadPoolExecutor(16) as pool:
+        probed = list(pool.map(probe, records))
+    kept, lim = [], opts.limits
+    for rec, result in zip(records, probed):
+        reason = stage = None
+        if isinstance(result, str):
+            stage, reason = "audio", result
+        elif not lim.min_duration <= result[1] <= lim.max_duration:
+            stage, reason = "limits", (f"duration {result[1]:.3f} s outside "
+                                       f"[{lim.min_duration}, {lim.max_duration}] s")
+        if reason is None:
+            kept.append((rec, *result))
+        elif rec.id not in done and rec.line not in rejected_lines:
+            rejects.append(Reject(rec.line, rec.id, stage, reason))
+    # Longest first: the largest batches (and any OOM) come at the start, not hours in.
+    kept.sort(key=lambda k: (-k[2], k[0].line))
+    items = [WorkItem(i, rec, path) for i, (rec, path, _) in enumerate(kept)]
+    seconds = [dur for _, _, dur in kept]
+    todo = [rec.id not in done and rec.line not in rejected_lines for rec, _, _ in kept]
+    if opts.max_samples is not None:
+        left = opts.max_samples
+        for i, t in enumerate(todo):
+            todo[i] = t and left > 0
+            left -= todo[i]
+    skipped = sum(1 for rec in records if rec.id in done)
+    frames = [max(1, frames_for_seconds(d)) for d in seconds]
+    return Plan(items, frames, seconds, todo, rejects, skipped, line_of)
+
+
+# -- device stage ---------------------------------------------------------------------------
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: no CUDA device is available")
+    return dev
+
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def is_oom(e: BaseException) -> bool:
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    return isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+
+
+class DeviceStage:
+    """Turns prepared items into features; splits a batch that runs out of memory."""
+
+    def __init__(self, bundle, device: torch.device, budget: Budget):
+        self.bundle, self.device, self.budget = bundle, device, budget
+        self.busy_seconds = 0.0
+        self.valid_frames = 0
+        self.padded_frames = 0
+        self._fbank = None
+        if device.type != "cpu":
+            from .frontend import DeviceFbank
+            self._fbank = DeviceFbank(device)
+
+    def _inputs(self, batch: list[Prepared]):
+        if self._fbank is not None:
+            waves = [torch.from_numpy(p.wave).to(self.device, non_blocking=True) for p in batch]
+            return self._fbank(waves)
+        from .frontend import collate
+        return collate([p.features for p in batch], [p.valid for p in batch])
+
+    def run_all(self, items: list[Prepared]) -> list[tuple[Prepared, object]]:
+        """Run a planned batch, in pieces if the budget shrank (an OOM) since it was planned."""
+        items = sorted(items, key=lambda p: -p.frames)
+        if math.isinf(self.budget.ceiling):
+            return self.run(items) if items else []
+        out, start = [], 0
+        while start < len(items):
+            n = take_batch([p.frames for p in items], start, self.budget)
+            out += self.run(items[start:start + n])
+            start += n
+        return out
+
+    def run(self, batch: list[Prepared]) -> list[tuple[Prepared, object]]:
+        """[(item, (codes, condition, emo_vec) or Reject reason str)] in batch order."""
+        try:
+            t0 = time.perf_counter()
+            feats, frames, valid = self._inputs(batch)
+            out = self.bundle.run(feats.to(self.device), frames.to(self.device), valid.to(self.device))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.busy_seconds += time.perf_counter() - t0
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            self._free()
+            padded = max(p.frames for p in batch)
+            self.budget.shrink(batch_cost(len(batch), padded))
+            if len(batch) == 1:
+                return [(batch[0], f"out of device memory even alone ({padded} frames)")]
+            half = len(batch) // 2
+            return self.run(batch[:half]) + self.run(batch[half:])
+        self.budget.succeeded()
+        self.valid_frames += sum(p.frames for p in batch)
+        self.padded_frames += len(batch) * max(p.frames for p in batch)
+        return [(p, (out.codes[i], out.condition[i], out.emo_vec[i])) for i, p in enumerate(batch)]
+
+    def _free(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def auto_budget(opts: JobOptions, bundle, device: torch.device, max_frames: int) -> Budget:
+    if opts.batch_size > 0:
+        return Budget(cost=math.inf, max_items=opts.batch_size)
+    if device.type == "cuda":
+        from .models.bundle import probe_batch_budget
+        cost = probe_batch_budget(bundle, device, max_frames, opts.memory_fraction)
+        return Budget(cost=cost)
+    # CPU: memory is plentiful; beyond a few thousand frames a batch only adds latency.
+    return Budget(cost=batch_cost(1, 4096))
+
+
+# -- writer ---------------------------------------------------------------------------------
+
+class Writer(threading.Thread):
+    """Commits batches in order on its own thread, so file I/O overlaps the device."""
+
+    def __init__(self, output: OutputDir, on_commit):
+        super().__init__(daemon=True, name="writer")
+        self.output, self.on_commit = output, on_commit
+        self.jobs: queue.Queue = queue.Queue(maxsize=4)
+        self.error: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue
+            entries, rejects, batch = job
+            try:
+                t0 = time.perf_counter()
+                self.output.commit(entries, rejects)
+                self.seconds += time.perf_counter() - t0
+                self.on_commit(batch)
+            except BaseException as e:
+                self.error = e
+
+    def put(self, entries, rejects, batch) -> None:
+        if self.error is not None:
+            raise self.error
+        self.jobs.put((entries, rejects, batch))
+
+    def finish(self) -> None:
+        self.jobs.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+# -- the job --------------------------------------------------------------------------------
+
+def fingerprint_of(opts: JobOptions, provenance: dict) -> str:
+    import hashlib
+    import json
+    keyed = {"files": {k: v["sha256"] for k, v in provenance["files"].items()},
+             "options": provenance["options"]}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+
+
+def output_options(opts: JobOptions) -> dict:
+    """The options that change outputs; changing any of them needs --force."""
+    return {"language": opts.language, "val_ratio": opts.val_ratio, "resample": opts.resample,
+            "layer": opts.layer, "precision": opts.precision, "format": opts.format,
+            "latent_dtype": opts.latent_dtype, **asdict(opts.limits)}
+
+
+def open_store(opts: JobOptions):
+    if opts.format == "zarr":
+        from .store.zarr import ZarrStore
+        return ZarrStore(opts.output_dir, latent_dtype=opts.latent_dtype)
+    return NpyStore(opts.output_dir)
+
+
+def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
+            on_progress=None) -> RunSummary:
+    """Process one manifest into one output directory.
+
+    `bundle`: a ModelBundle, or a callable returning one (called only if there is work), so
+    several datasets share models loaded once. `provenance`: precomputed `describe_inputs`.
+    `on_progress(utterances, audio_seconds)` is called after each committed batch."""
+    from .provenance import describe_inputs
+    from .models.bundle import ModelBundle
+
+    t_start = time.perf_counter()
+    if provenance is None:
+        provenance = describe_inputs(opts.models, opts.tokenizer, opts.output_dir)
+    provenance = {**provenance, "options": output_options(opts)}
+    store = open_store(opts)
+    output = OutputDir(opts.output_dir, fingerprint_of(opts, provenance), store, force=opts.force,
+                       record_present=getattr(store, "record_present", None)
+                       or (lambda line: _npy_present(opts.output_dir, line)))
+    summary = RunSummary(opts.output_dir)
+    try:
+        t0 = time.perf_counter()
+        plan = make_plan(opts, output.done, output.rejected_lines)
+        summary.stage_seconds["plan"] = time.perf_counter() - t0
+        summary.skipped_done = plan.skipped_done
+        output.add_rejects(plan.rejects)
+        summary.rejected += len(plan.rejects)
+        if any(plan.todo):
+            device = resolve_device(opts.device)
+            t0 = time.perf_counter()
+            if bundle is None:
+                bundle = ModelBundle.load(opts.models, layer=opts.layer)
+            elif callable(bundle):
+                bundle = bundle()
+            bundle.to(device, PRECISIONS[opts.precision])
+            summary.stage_seconds["load_models"] = time.perf_counter() - t0
+            budget = auto_budget(opts, bundle, device, max(plan.frames))
+            _process(opts, plan, bundle, device, budget, output, summary, on_progress)
+        output.finalize(plan.line_of)
+        provenance["vocab_size"] = _vocab_size(opts.tokenizer)
+        summary.stats = write_stats(opts.output_dir, provenance,
+                                    run={"processed": summary.processed,
+                                         "skipped_done": summary.skipped_done,
+                                         "rejected": summary.rejected,
+                                         "version": __version__})
+    finally:
+        output.close()
+    summary.wall_seconds = time.perf_counter() - t_start
+    return summary
+
+
+def _vocab_size(tokenizer: Path) -> int:
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
+
+
+def _npy_present(out_dir: Path, line: dict) -> bool:
+    return all((out_dir / line[k]).is_file() for k in
+               ("text_ids_path", "codes_path", "condition_path", "emo_vec_path") if k in line)
+
+
+def resolve_workers(n: int) -> int:
+    if n > 0:
+        return n
+    return max(1, min(32, (os.cpu_count() or 2) - 1))
+
+
+def _process(opts, plan: Plan, bundle, device, budget: Budget, output: OutputDir,
+             summary: RunSummary, on_progress=None) -> None:
+    from tqdm import tqdm
+
+    stage = DeviceStage(bundle, device, budget)
+    batches = deque(plan.batches(budget))
+    bar = tqdm(total=round(plan.audio_seconds, 1), unit="s audio", disable=not opts.progress,
+               dynamic_ncols=True, mininterval=1.0, file=sys.stderr, desc="preprocess")
+    started = time.perf_counter()
+    counts = {"done": 0, "seconds": 0.0}
+
+    def on_commit(batch: list[int]):
+        secs = sum(plan.seconds[i] for i in batch)
+        counts["done"] += len(batch)
+        counts["seconds"] += secs
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        bar.update(min(secs, bar.total - bar.n))
+        bar.set_postfix_str(f"{counts['done'] / elapsed:.1f} utt/s, "
+                            f"{counts['seconds'] / elapsed:.0f} h audio/h", refresh=False)
+        if on_progress is not None:
+            on_progress(len(batch), secs)
+
+    writer = Writer(output, on_commit)
+    writer.start()
+    workers = resolve_workers(opts.workers)
+    pool = mp.get_context("spawn").Pool(
+        workers, initializer=init_worker,
+        initargs=(str(opts.tokenizer), opts.resample, opts.limits, device.type != "cpu"))
+    pending: deque = deque()  # (batch indices, [AsyncResult per chunk])
+    in_flight = 0
+    window = 2 * workers + 2   # chunks queued for the CPU workers
+
+    def submit() -> None:
+        nonlocal in_flight
+        while batches and (not pending or in_flight < window):
+            batch = batches.popleft()
+            futures = [pool.apply_async(prepare_chunk, ([plan.items[i] for i in batch[j:j + CHUNK]],
+                                                        opts.language))
+                       for j in range(0, len(batch), CHUNK)]
+            pending.append((batch, futures))
+            in_flight += len(futures)
+
+    interrupted = False
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        submit()
+        while pending:
+            batch, futures = pending.popleft()
+            prepared: list[Prepared] = []
+            rejects: list[Reject] = []
+            for f in futures:
+                for r in f.get():
+                    (rejects if isinstance(r, Reject) else prepared).append(r)
+            in_flight -= len(futures)
+            submit()
+            entries = []
+            for p, result in stage.run_all(prepared):
+                rec = plan.items[p.index].record
+                if isinstance(result, str):
+                    rejects.append(Reject(rec.line, rec.id, "device", result))
+                else:
+                    entries.append(_entry(opts, rec, p, result))
+            summary.processed += len(entries)
+            summary.rejected += len(rejects)
+            summary.audio_seconds += sum(p.audio_seconds for p in prepared)
+            writer.put(entries, rejects, batch)  # the whole batch commits at once
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+        pool.terminate()
+        writer.finish()  # everything computed is committed; nothing half-done is marked
+        bar.close()
+    summary.device_seconds = stage.busy_seconds
+    summary.stage_seconds.update(device=stage.busy_seconds, write=writer.seconds)
+    if stage.padded_frames:
+        summary.padding_efficiency = stage.valid_frames / stage.padded_frames
+    if interrupted:
+        raise KeyboardInterrupt
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _entry(opts: JobOptions, rec: Record, p: Prepared, result):
+    codes, condition, emo_vec = result
+    split = "val" if is_val(rec.id, opts.val_ratio) else "train"
+    base = {"id": rec.id, "audio_path": rec.audio, "text": p.text, "speaker": rec.speaker,
+            "language": rec.language, "duration": rec.duration}
+    extras = {"audio_duration": round(p.audio_seconds, 6), "valid_frames": p.valid}
+    feats = UtteranceFeatures(rec.id, p.text_ids, np.asarray(codes, dtype=np.int32),
+                              np.asarray(condition, dtype=np.float32),
+                              np.asarray(emo_vec, dtype=np.float32))
+    return (split, base, int(p.text_ids.size), int(feats.codes.size), extras, feats)

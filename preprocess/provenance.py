@@ -1,0 +1,63 @@
+"""What produced an output: hashes of every model file and the tokenizer, package versions.
+
+Hashing a full model set reads ~4 GB, so hashes are cached per output directory, keyed by
+path, size and modification time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+from pathlib import Path
+
+from .store.fsutil import write_atomic
+
+HASH_CACHE = ".file_hashes.json"
+PACKAGES = ("preprocess", "torch", "numpy", "transformers", "sentencepiece", "soundfile",
+            "safetensors", "wetext", "zarr")
+
+
+def sha256_file(path: str | os.PathLike, cache: dict | None = None) -> str:
+    path = Path(path).resolve()
+    st = path.stat()
+    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
+    if cache is not None and key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    digest = h.hexdigest()
+    if cache is not None:
+        cache[key] = digest
+    return digest
+
+
+def package_versions() -> dict:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def describe_inputs(models, tokenizer: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
+    """Provenance of a model set (a ModelPaths) and tokenizer; `out_dir` holds the hash cache."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_path = out_dir / HASH_CACHE
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    files = {"tokenizer": Path(tokenizer), **models.files()}
+    described = {name: {"path": str(p), "sha256": sha256_file(p, cache), "bytes": p.stat().st_size}
+                 for name, p in files.items()}
+    write_atomic(cache_path, json.dumps(cache, indent=1).encode(), fsync=False)
+    return {"tokenizer": str(tokenizer), "gpt_checkpoint": str(models.gpt_checkpoint),
+            "files": described, "versions": package_versions()}

@@ -1,0 +1,167 @@
+"""One output directory: feature store + train/val manifests + rejects + journal, kept consistent.
+
+The commit order of a batch is what makes a kill at any instant harmless:
+arrays durable -> manifest lines durable -> rejects durable -> ids marked done in the journal.
+On open, anything not marked done is dropped from the manifests and recomputed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..manifest import Reject, read_output_manifest
+from .fsutil import append_durable, write_atomic
+from .journal import PROGRESS_FILE, ConfigMismatch, Journal
+from .npy import FEATURE_DIRS, UtteranceFeatures
+
+MANIFESTS = {"train": "train_manifest.jsonl", "val": "val_manifest.jsonl"}
+REJECTS = "rejects.jsonl"
+STATS = "stats.json"
+LOCK = ".lock"
+CONDITION_LEN = 32
+PATH_KEYS = ("text_ids_path", "codes_path", "condition_path", "emo_vec_path")
+# Everything this tool may have written; --force removes exactly these and nothing else.
+OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *FEATURE_DIRS, "features.zarr")
+
+
+def manifest_line(base: dict, text_len: int, code_len: int, location: dict, extras: dict) -> dict:
+    """The trainer's 13 keys in the contract's order, then store-specific and extra keys."""
+    line = {k: base[k] for k in ("id", "audio_path", "text", "speaker", "language", "duration")}
+    line["text_ids_path"] = location.get("text_ids_path")
+    line["text_len"] = text_len
+    line["codes_path"] = location.get("codes_path")
+    line["code_len"] = code_len
+    line["condition_path"] = location.get("condition_path")
+    line["condition_len"] = CONDITION_LEN
+    line["emo_vec_path"] = location.get("emo_vec_path")
+    if all(line[k] is None for k in PATH_KEYS):  # a packed store: records point to rows instead
+        for k in PATH_KEYS:
+            del line[k]
+    line.update({k: v for k, v in location.items() if k not in PATH_KEYS})
+    line.update(extras)
+    return line
+
+
+def dumps_line(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False) + "\n"
+
+
+class OutputExists(Exception):
+    """The directory holds outputs this tool cannot resume."""
+
+
+class OutputDir:
+    def __init__(self, path: str | os.PathLike, fingerprint: str, store, *, force: bool = False,
+                 record_present: Callable[[dict], bool] | None = None):
+        """`store` writes features (NpyStore, ZarrStore); `record_present(line)` tells whether a
+        manifest line's data is still there (used on resume)."""
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path / LOCK, "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputExists(f"{self.path}: another run is writing to this directory") from None
+        if force:
+            wipe(self.path)
+        elif Journal.read_fingerprint(self.path) is None and any(
+                (self.path / name).exists() for name in OWNED):
+            raise OutputExists(f"{self.path} holds outputs without a progress file; "
+                               "choose an empty directory or pass --force to replace them")
+        try:
+            self.journal = Journal.open(self.path, fingerprint)
+        except ConfigMismatch as e:
+            raise ConfigMismatch(f"{e}; rerun with the original settings to resume, "
+                                 "or pass --force to start over") from None
+        self.store = store() if callable(store) else store
+        self.rejected_lines: set[int] = set()
+        self._recover(record_present)
+
+    # -- resume ---------------------------------------------------------------------------
+
+    def _recover(self, record_present) -> None:
+        kept: list[str] = []
+        seen: set[str] = set()
+        for split, name in MANIFESTS.items():
+            lines, torn = read_output_manifest(self.path / name)
+            good = []
+            for line in lines:
+                id_ = line["id"]
+                if id_ in seen or id_ not in self.journal.done:
+                    continue
+                if record_present is not None and not record_present(line):
+                    continue
+                seen.add(id_)
+                good.append(line)
+            if torn or len(good) != len(lines):
+                write_atomic(self.path / name, "".join(map(dumps_line, good)).encode("utf-8"))
+            kept.extend(line["id"] for line in good)
+        if set(kept) != self.journal.done:
+            self.journal.rewrite(kept)
+        rejects, torn = read_output_manifest(self.path / REJECTS, require_id=False)
+        if torn:
+            write_atomic(self.path / REJECTS, "".join(map(dumps_line, rejects)).encode("utf-8"))
+        self.rejected_lines = {r["line"] for r in rejects if isinstance(r.get("line"), int)}
+
+    @property
+    def done(self) -> set[str]:
+        return self.journal.done
+
+    # -- writing --------------------------------------------------------------------------
+
+    def commit(self, entries: list[tuple[str, dict, int, int, dict, UtteranceFeatures]],
+               rejects: Iterable[Reject] = ()) -> None:
+        """entries: (split, base fields, text_len, code_len, extras, features) per utterance."""
+        locations = self.store.write([e[5] for e in entries])
+        by_split: dict[str, list[str]] = {s: [] for s in MANIFESTS}
+        for (split, base, text_len, code_len, extras, _), loc in zip(entries, locations):
+            by_split[split].append(dumps_line(manifest_line(base, text_len, code_len, loc, extras)))
+        for split, lines in by_split.items():
+            append_durable(self.path / MANIFESTS[split], "".join(lines).encode("utf-8"))
+        self.add_rejects(rejects)
+        self.journal.mark_done([e[1]["id"] for e in entries])
+
+    def adopt(self, lines: list[tuple[str, dict]]) -> None:
+        """Take (split, manifest line) pairs whose data is already durable in this directory's
+        store (a merged shard) and mark them done, in the same order as `commit`."""
+        lines = [(s, line) for s, line in lines if line["id"] not in self.journal.done]
+        for split in MANIFESTS:
+            text = "".join(dumps_line(line) for s, line in lines if s == split)
+            append_durable(self.path / MANIFESTS[split], text.encode("utf-8"))
+        self.journal.mark_done([line["id"] for _, line in lines])
+
+    def add_rejects(self, rejects: Iterable[Reject]) -> None:
+        new = [r for r in rejects if r.line not in self.rejected_lines]
+        append_durable(self.path / REJECTS, "".join(dumps_line(r.to_json()) for r in new).encode())
+        self.rejected_lines.update(r.line for r in new)
+
+    def finalize(self, order: dict[str, int] | None = None) -> None:
+        """Rewrite manifests and rejects in source-line order: the bytes no longer depend on
+        batching, interruptions or which worker finished first."""
+        def key(line):
+            return (order.get(line["id"], 1 << 62) if order else 0, line["id"])
+        for name in MANIFESTS.values():
+            lines, _ = read_output_manifest(self.path / name)
+            lines.sort(key=key)
+            write_atomic(self.path / name, "".join(map(dumps_line, lines)).encode("utf-8"))
+        rejects, _ = read_output_manifest(self.path / REJECTS, require_id=False)
+        rejects.sort(key=lambda r: (r.get("line") or 0))
+        write_atomic(self.path / REJECTS, "".join(map(dumps_line, rejects)).encode("utf-8"))
+
+    def close(self) -> None:
+        self.store.close()
+        self._lock.close()
+
+
+def wipe(path: Path) -> None:
+    for name in OWNED:
+        p = path / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()

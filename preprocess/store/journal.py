@@ -1,0 +1,65 @@
+"""The progress file: which ids are done, under which configuration.
+
+`.preprocessing_progress.txt` holds a fingerprint line, then one id per line. An id is appended
+only after its arrays and its manifest line are durable, so the journal never claims more than
+the store holds. A torn last line (a crash mid-append) is ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .fsutil import append_durable, write_atomic
+
+PROGRESS_FILE = ".preprocessing_progress.txt"
+_HEADER = "# fingerprint "
+
+
+class ConfigMismatch(Exception):
+    """The output directory was made with settings that would give different outputs."""
+
+
+class Journal:
+    def __init__(self, path: Path, fingerprint: str, done: set[str]):
+        self.path = path
+        self.fingerprint = fingerprint
+        self.done = done
+
+    @classmethod
+    def open(cls, out_dir: str | os.PathLike, fingerprint: str) -> "Journal":
+        path = Path(out_dir) / PROGRESS_FILE
+        if not path.exists():
+            write_atomic(path, f"{_HEADER}{fingerprint}\n".encode())
+            return cls(path, fingerprint, set())
+        data = path.read_bytes().decode("utf-8", errors="replace")
+        lines = data.split("\n")
+        if not lines[0].startswith(_HEADER):
+            raise ConfigMismatch(f"{path} was not written by this tool (no fingerprint line)")
+        found = lines[0][len(_HEADER):].strip()
+        if found != fingerprint:
+            raise ConfigMismatch(
+                f"{path.parent} holds outputs made with other settings "
+                f"(fingerprint {found[:12]}, now {fingerprint[:12]})")
+        # The last element is '' after a final newline, or a torn id: both are dropped.
+        done = {line for line in lines[1:-1] if line}
+        return cls(path, fingerprint, done)
+
+    @staticmethod
+    def read_fingerprint(out_dir: str | os.PathLike) -> str | None:
+        path = Path(out_dir) / PROGRESS_FILE
+        if not path.exists():
+            return None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            first = f.readline()
+        return first[len(_HEADER):].strip() if first.startswith(_HEADER) else None
+
+    def mark_done(self, ids: list[str]) -> None:
+        append_durable(self.path, "".join(f"{i}\n" for i in ids).encode("utf-8"))
+        self.done.update(ids)
+
+    def rewrite(self, ids: list[str]) -> None:
+        """Replace the id list (after recovery dropped ids whose data went missing)."""
+        text = f"{_HEADER}{self.fingerprint}\n" + "".join(f"{i}\n" for i in ids)
+        write_atomic(self.path, text.encode("utf-8"))
+        self.done = set(ids)

@@ -1,0 +1,162 @@
+"""Integrity checks of an output directory, as the trainer would read it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .manifest import is_val, read_output_manifest
+from .store.dataset import MANIFESTS, PATH_KEYS, STATS
+
+REQUIRED_KEYS = ("id", "audio_path", "text", "speaker", "language", "duration", "text_len",
+                 "code_len", "condition_len")
+CODEBOOK_SIZE = 8192
+
+
+@dataclass
+class Report:
+    checked: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, where: str, what: str) -> None:
+        self.problems.append(f"{where}: {what}")
+
+    def render(self, limit: int = 50) -> str:
+        head = f"checked {self.checked} records: "
+        if self.ok:
+            return head + "OK"
+        shown = "\n".join(f"  - {p}" for p in self.problems[:limit])
+        more = len(self.problems) - limit
+        tail = f"\n  ... and {more} more" if more > 0 else ""
+        return head + f"{len(self.problems)} problem(s)\n{shown}{tail}"
+
+
+def _npy_loader(out_dir: Path):
+    def load(line: dict) -> dict:
+        arrays = {}
+        for key in PATH_KEYS:
+            rel = line.get(key)
+            if not isinstance(rel, str) or not rel:
+                raise ValueError(f"empty '{key}'")
+            path = out_dir / rel
+            if not path.is_file():
+                raise ValueError(f"{key} file missing: {rel}")
+            try:
+                arrays[key[:-5]] = np.load(path, allow_pickle=False)
+            except Exception as e:  # a truncated or pickled file
+                raise ValueError(f"{key} file unreadable ({rel}): {e}") from None
+        return arrays
+    return load
+
+
+def _packed_loader(out_dir: Path):
+    from .store import open as open_store
+
+    reader = open_store(out_dir)
+
+    def load(line: dict) -> dict:
+        item = reader[line["id"]]
+        return {k: item[k] for k in ("text_ids", "codes", "condition", "emo_vec")}
+    return load
+
+
+def verify_output(out_dir: str | Path) -> Report:
+    out_dir = Path(out_dir)
+    report = Report()
+    stats = {}
+    if (out_dir / STATS).is_file():
+        try:
+            stats = json.loads((out_dir / STATS).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            report.add(STATS, f"not valid JSON: {e}")
+    options = stats.get("provenance", {}).get("options", {})
+    max_text = options.get("max_text_len", 600)
+    max_code = options.get("max_code_len", 1816)
+    vocab = stats.get("provenance", {}).get("vocab_size")
+    cond_shape = tuple(options.get("condition_shape", (32, 1280)))
+    val_ratio = options.get("val_ratio")
+
+    packed = (out_dir / "features.zarr").exists()
+    try:
+        load = _packed_loader(out_dir) if packed else _npy_loader(out_dir)
+    except Exception as e:
+        report.add(str(out_dir), f"cannot open the feature store: {e}")
+        return report
+
+    seen: dict[str, str] = {}
+    found_any = False
+    for split, name in MANIFESTS.items():
+        path = out_dir / name
+        if not path.exists():
+            report.add(name, "missing")
+            continue
+        found_any = True
+        lines, torn = read_output_manifest(path)
+        if torn:
+            report.add(name, f"{torn} malformed line(s)")
+        for n, line in enumerate(lines, start=1):
+            where = f"{name}:{n} ({line.get('id')})"
+            report.checked += 1
+            missing = [k for k in REQUIRED_KEYS if k not in line]
+            if missing:
+                report.add(where, f"missing key(s) {', '.join(missing)}")
+                continue
+            id_ = line["id"]
+            if id_ in seen:
+                both = "in both train and val" if seen[id_] != split else "twice"
+                report.add(where, f"id appears {both}")
+            seen[id_] = split
+            if val_ratio is not None and is_val(id_, val_ratio) != (split == "val"):
+                report.add(where, f"in {split} but the split rule (val ratio {val_ratio}) says otherwise")
+            try:
+                arrays = load(line)
+            except Exception as e:
+                report.add(where, str(e))
+                continue
+            for problem in _check_arrays(line, arrays, max_text, max_code, vocab, cond_shape):
+                report.add(where, problem)
+    if not found_any:
+        report.add(str(out_dir), "no train or val manifest: is this an output directory?")
+    return report
+
+
+def _check_arrays(line, arrays, max_text, max_code, vocab, cond_shape) -> list[str]:
+    problems = []
+    ids, codes = arrays["text_ids"], arrays["codes"]
+    cond, emo = arrays["condition"], arrays["emo_vec"]
+    for name, a in (("text_ids", ids), ("codes", codes)):
+        if a.ndim != 1 or a.size == 0:
+            problems.append(f"{name} must be 1-D and non-empty, got shape {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer):
+            problems.append(f"{name} dtype {a.dtype} is not an integer type")
+    for name, a, shape in (("condition", cond, cond_shape), ("emo_vec", emo, cond_shape[1:])):
+        if tuple(a.shape) != tuple(shape):
+            problems.append(f"{name} shape {tuple(a.shape)}, expected {tuple(shape)}")
+        if not np.issubdtype(a.dtype, np.floating):
+            problems.append(f"{name} dtype {a.dtype} is not a float type")
+        elif not np.isfinite(a).all():
+            problems.append(f"{name} holds NaN or Inf")
+    if problems:
+        return problems
+    if line["text_len"] != ids.size:
+        problems.append(f"text_len {line['text_len']} != {ids.size} ids in the file")
+    if line["code_len"] != codes.size:
+        problems.append(f"code_len {line['code_len']} != {codes.size} codes in the file")
+    if line["condition_len"] != cond.shape[0]:
+        problems.append(f"condition_len {line['condition_len']} != {cond.shape[0]}")
+    if ids.size > max_text:
+        problems.append(f"{ids.size} text ids exceed the limit {max_text}")
+    if codes.size > max_code:
+        problems.append(f"{codes.size} codes exceed the limit {max_code}")
+    if codes.min() < 0 or codes.max() >= CODEBOOK_SIZE:
+        problems.append(f"codes outside [0, {CODEBOOK_SIZE - 1}]")
+    if ids.min() < 0 or (vocab is not None and ids.max() >= vocab):
+        problems.append(f"text ids outside [0, {vocab})")
+    return problems
