@@ -122,4 +122,61 @@ def verify(out):
     sys.exit(0 if report.ok else 1)
 
 
+@main.command()
+@click.argument("outs", nargs=-1, required=True, type=PATH)
+@click.option("--pairs-per-target", type=int, default=2, show_default=True)
+@click.option("--max-pairs", type=int, default=0, show_default=True, help="Cap per manifest; 0 = none.")
+@click.option("--min-text-len", type=int, default=1, show_default=True)
+@click.option("--min-code-len", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=2025, show_default=True)
+@click.option("--speaker-regex", help="Speaker from the audio file name when 'speaker' is empty "
+                                       "(first group, or the whole match).")
+@click.option("--force", is_flag=True, help="Overwrite existing pair files.")
+def pairs(outs, pairs_per_target, max_pairs, min_text_len, min_code_len, seed, speaker_regex, force):
+    """Write gpt_pairs_train.jsonl / gpt_pairs_val.jsonl (the trainer's input) in each OUT."""
+    from .pairs import PairError, build_pairs
+
+    try:
+        report = build_pairs(list(outs), pairs_per_target=pairs_per_target, max_pairs=max_pairs,
+                             min_text_len=min_text_len, min_code_len=min_code_len, seed=seed,
+                             speaker_regex=speaker_regex, force=force)
+    except PairError as e:
+        fail(str(e))
+    for m in report.manifests:
+        click.echo(f"{m.path}: {m.pairs_written} pairs from {m.valid_records} records, "
+                   f"{m.speakers} speakers ({m.single_utterance_speakers} with one utterance), "
+                   f"{m.skipped_records} skipped")
+    for w in report.warnings:
+        click.echo(f"warning: {w}", err=True)
+    if report.total_pairs == 0:
+        fail("no pairs at all: every speaker needs at least two utterances in a split", 1)
+
+
+@main.command()
+@click.argument("out", type=PATH)
+@click.option("--json", "json_path", type=PATH, help="[default: OUT/dataset_stats.json]")
+@click.option("--png", "png_path", type=PATH, help="[default: OUT/dataset_stats.png]")
+def stats(out, json_path, png_path):
+    """Hours per split, language and speaker; length distributions (table, JSON and PNG)."""
+    from .stats_report import format_table, write_stats_report
+
+    result = write_stats_report(out, json_path or out / "dataset_stats.json",
+                                png_path or out / "dataset_stats.png")
+    click.echo(format_table(result))
+
+
+@main.command()
+@click.argument("out", type=PATH)
+def merge(out):
+    """Merge the per-device shards left in OUT/shards by an interrupted multi-GPU run."""
+    from .launch import merge_command
+    from .store.dataset import ConfigMismatch, OutputExists
+
+    try:
+        n = merge_command(out)
+    except (ConfigMismatch, OutputExists) as e:
+        fail(str(e))
+    click.echo(f"merged {n} utterances into {out}")
+
+
 main.add_command(preprocess_data, name="data")

@@ -452,6 +452,8 @@ def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
             bundle.to(device, PRECISIONS[opts.precision])
             summary.stage_seconds["load_models"] = time.perf_counter() - t0
             budget = auto_budget(opts, bundle, device, max(plan.frames))
+            from .text import TextNormalizer
+            TextNormalizer().load()  # builds the grammar cache once, before workers need it
             _process(opts, plan, bundle, device, budget, output, summary, on_progress)
         output.finalize(plan.line_of)
         provenance["vocab_size"] = _vocab_size(opts.tokenizer)

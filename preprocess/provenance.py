@@ -17,7 +17,7 @@ from .store.fsutil import write_atomic
 
 HASH_CACHE = ".file_hashes.json"
 PACKAGES = ("preprocess", "torch", "numpy", "transformers", "sentencepiece", "soundfile",
-            "safetensors", "wetext", "zarr")
+            "safetensors", "WeTextProcessing", "pynini", "zarr")
 
 
 def sha256_file(path: str | os.PathLike, cache: dict | None = None) -> str:

@@ -236,8 +236,12 @@ def get_tn(lang: str):
         with _tn_lock:
             tn = _tn_loaded.get(lang)
             if tn is None:
-                with _quiet_wetext_logger():
-                    tn = _TN_LOADERS[lang]()
+                try:
+                    with _quiet_wetext_logger():
+                        tn = _TN_LOADERS[lang]()
+                except ImportError as e:
+                    raise ImportError(f"the {lang} text normaliser needs the {TN_PACKAGE} package "
+                                      f"(pip install {TN_PACKAGE}==1.2.0): {e}") from e
                 _tn_loaded[lang] = tn
     return tn
 

@@ -14,3 +14,26 @@ SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 @pytest.fixture(scope="session")
 def shared_dir():
     return os.path.abspath(SHARED)
+
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Random-weight checkpoints in the official formats, made once per test session."""
+    import sys
+
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    from make_checkpoints import make_checkpoints
+
+    return make_checkpoints(tmp_path_factory.mktemp("models"), size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def model_paths(tiny_models):
+    from preprocess.models.bundle import ModelPaths
+
+    return ModelPaths.resolve(tiny_models / "config.yaml",
+                              w2v_bert=tiny_models / "w2v-bert-2.0",
+                              semantic_codec=tiny_models / "semantic_codec" / "model.safetensors")

@@ -338,3 +338,12 @@ def test_reference_selection_matches_reference_stream(tmp_path):
     build_pairs(dirs, pairs_per_target=2, seed=11, force=True)
     linear = read_pairs(dirs[0] / "gpt_pairs_train.jsonl")
     assert len(linear) == 10  # s0: 3 targets x 2, s1 and s2: 2 targets x 1
+
+
+def test_trainer_check_flags_cli_separators_in_the_path(out_dir, tmp_path):
+    build_pairs([out_dir])
+    odd = tmp_path / "lang=en"
+    odd.mkdir()
+    (odd / "pairs.jsonl").write_bytes((out_dir / "gpt_pairs_val.jsonl").read_bytes())
+    problems = check_pairs_for_trainer(odd / "pairs.jsonl")
+    assert any("'='" in p for p in problems)

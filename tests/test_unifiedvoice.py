@@ -4,6 +4,7 @@ import argparse
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -191,6 +192,15 @@ def test_pickled_trainer_checkpoint_falls_back_with_a_reason(tmp_path, tiny_mode
         UnifiedVoiceConditioning.from_checkpoint(path, tiny_config(), allow_pickle=False)
 
 
+def test_damaged_file_is_an_error_not_a_pickle_fallback(tmp_path, tiny_model):
+    path = tmp_path / "damaged.pth"
+    path.write_bytes(b"not a checkpoint")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "loading with the full unpickler" for junk
+        with pytest.raises(CheckpointError, match="damaged.pth"):
+            UnifiedVoiceConditioning.from_checkpoint(path, tiny_config())
+
+
 # --- exact batching (contract §8) ----------------------------------------------------------
 
 # (T, L): long; odd F -> half frame (T' > L'); the same with T' = 50; short; the minimum.
@@ -270,3 +280,17 @@ def test_too_short_items_are_refused(tiny_model, frames, length):
 def test_frames_beyond_the_tensor_are_refused(tiny_model):
     with pytest.raises(ValueError, match="frames 60"):
         run_items(tiny_model, torch.randn(1, 50, 48), torch.tensor([50]), torch.tensor([60]))
+
+
+def test_subsampling_in_slices_equals_in_one_go(tiny_model):
+    embed = tiny_model.conditioning_encoder.embed
+    x = torch.randn(2, 61, 48)
+    with torch.no_grad():
+        whole = embed(x)
+        embed.chunk_elements = 2 * 32 * 23 * 7  # 7 output frames per slice, ragged last slice
+        try:
+            sliced = embed(x)
+        finally:
+            del embed.chunk_elements
+    assert whole.shape == sliced.shape == (2, 30, 32)
+    assert (whole - sliced).abs().max().item() < 1e-5

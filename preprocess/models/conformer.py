@@ -226,14 +226,15 @@ class ConformerEncoder(nn.Module):
         """x [B, T, C], lengths L [B], frames T [B] -> (y [B, T', D], valid mask m' [B, T'] bool).
 
         Each item's result equals running it alone on x[i, :T_i] with length L_i (up to float
-        reduction order). Passing frames = T for every item gives the reference's own batched
-        behaviour instead, leak included. Lengths above T_i count as T_i, as in the reference.
+        reduction order). Passing the batch's full width as every item's frames gives the
+        reference's own batched behaviour instead, leak included. Lengths above T_i count as
+        T_i, as in the reference.
         """
         lengths, frames = check_lengths(x, lengths, frames, self.cfg.max_positions)
         x = x[:, : int(frames.max())]
         t = torch.arange(x.shape[1], device=x.device)
-        # Nothing past an item's extent reaches its outputs; zero it so that even non-finite
-        # padding cannot turn into NaN through 0 * inf in the attention.
+        # Nothing past an item's extent reaches its outputs; zero it anyway so that non-finite
+        # padding cannot become NaN through a zero attention weight times a NaN value.
         x = x.masked_fill((t[None, :] >= frames[:, None])[..., None], 0.0)
 
         x = self.embed(x)  # [B, T', D]

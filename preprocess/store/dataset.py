@@ -26,7 +26,22 @@ LOCK = ".lock"
 CONDITION_LEN = 32
 PATH_KEYS = ("text_ids_path", "codes_path", "condition_path", "emo_vec_path")
 # Everything this tool may have written; --force removes exactly these and nothing else.
-OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *FEATURE_DIRS, "features.zarr")
+OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *FEATURE_DIRS, "features.zarr",
+         "gpt_pairs_train.jsonl", "gpt_pairs_val.jsonl", "report.json", "shards")
+
+
+_fault_counts: dict[str, int] = {}
+
+
+def fault_point(name: str) -> None:
+    """Die here, as a SIGKILL would, when PREPROCESS_FAULT=<name>:<n> and this is the n-th time.
+    Lets tests interrupt a commit between its durable steps deterministically."""
+    spec = os.environ.get("PREPROCESS_FAULT")
+    if not spec or spec.partition(":")[0] != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(spec.partition(":")[2] or 1):
+        os._exit(137)
 
 
 def manifest_line(base: dict, text_len: int, code_len: int, location: dict, extras: dict) -> dict:
@@ -118,13 +133,16 @@ class OutputDir:
                rejects: Iterable[Reject] = ()) -> None:
         """entries: (split, base fields, text_len, code_len, extras, features) per utterance."""
         locations = self.store.write([e[5] for e in entries])
+        fault_point("after_store")
         by_split: dict[str, list[str]] = {s: [] for s in MANIFESTS}
         for (split, base, text_len, code_len, extras, _), loc in zip(entries, locations):
             by_split[split].append(dumps_line(manifest_line(base, text_len, code_len, loc, extras)))
         for split, lines in by_split.items():
             append_durable(self.path / MANIFESTS[split], "".join(lines).encode("utf-8"))
+            fault_point("after_manifest")
         self.add_rejects(rejects)
         self.journal.mark_done([e[1]["id"] for e in entries])
+        fault_point("after_journal")
 
     def adopt(self, lines: list[tuple[str, dict]]) -> None:
         """Take (split, manifest line) pairs whose data is already durable in this directory's
