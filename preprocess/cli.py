@@ -179,4 +179,53 @@ def merge(out):
     click.echo(f"merged {n} utterances into {out}")
 
 
+@main.command()
+@click.argument("out", type=PATH)
+@click.option("--to", "fmt", type=click.Choice(["npy"]), default="npy", show_default=True)
+@click.argument("dest", type=PATH)
+def export(out, fmt, dest):
+    """Write the trainer's npy layout in DEST from the packed (zarr) output OUT."""
+    from .store.export import export_npy
+
+    if not (out / "features.zarr").exists():
+        fail(f"{out} holds no packed store (features.zarr); it is already in the npy layout")
+    try:
+        result = export_npy(out, dest)
+    except ValueError as e:
+        fail(str(e))
+    click.echo(f"exported {result['utterances']} utterances to {dest} "
+               f"({result['written']} written, {result['skipped']} already there)")
+
+
+@main.command("text-ids")
+@click.argument("out", type=PATH)
+@click.option("--tokenizer", type=PATH, required=True, help="The new SentencePiece bpe.model.")
+@click.option("--language", help="Normaliser hint for every record [default: the original run's "
+                                 "--language, else each record's own 'language'].")
+@click.option("--workers", type=int, default=1, show_default=True, help="Tokenizer processes.")
+@click.option("--force", is_flag=True, help="Regenerate even if OUT already uses this tokenizer and language.")
+@click.option("--strict", is_flag=True, help="Exit 1 if any record was rejected.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def text_ids(out, tokenizer, language, workers, force, strict, quiet):
+    """Re-tokenise every record of OUT with another tokenizer, in place.
+
+    Text ids and text_len change; codes and latents stay as they are. Records whose new ids are
+    empty or too long become rejects. stats.json and the progress file then name the new
+    tokenizer, so preprocess-data with it resumes OUT. Rerun the same command after an
+    interruption.
+    """
+    from .store.dataset import ConfigMismatch, OutputExists
+    from .text_ids import TextIdsError, regenerate_text_ids
+
+    if not tokenizer.is_file():
+        fail(f"tokenizer {tokenizer} not found")
+    try:
+        summary = regenerate_text_ids(out, tokenizer, language, progress=not quiet, force=force,
+                                      workers=workers)
+    except (TextIdsError, ConfigMismatch, OutputExists) as e:
+        fail(str(e))
+    click.echo(summary.text())
+    sys.exit(1 if strict and summary.rejected else 0)
+
+
 main.add_command(preprocess_data, name="data")

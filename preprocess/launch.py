@@ -19,13 +19,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .manifest import Reject, read_output_manifest
-from .pipeline import JobOptions, RunSummary, make_plan, output_options, fingerprint_of, run_job
-from .store.dataset import MANIFESTS, REJECTS, ConfigMismatch, OutputDir, OutputExists
+from .pipeline import JobOptions, RunSummary, make_plan, open_store, output_options, run_job
+from .provenance import fingerprint_of
+from .store.dataset import (MANIFESTS, PATH_KEYS, REJECTS, ConfigMismatch, OutputDir,
+                            OutputExists, fault_point)
+from .store.fsutil import syncfs
 from .store.journal import Journal
-from .store.npy import NpyStore
 from .store.stats import write_stats
 
 SHARDS = "shards"
+
+
+class WorkerFailed(RuntimeError):
+    """A device worker exited with an error; what it finished was merged."""
 
 
 @dataclass
@@ -84,6 +90,9 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: str | None
         except (ConfigMismatch, OutputExists) as e:
             echo(f"error: {e}", err=True)
             return 2
+        except WorkerFailed as e:
+            echo(f"error: {e}", err=True)
+            return 1
         except KeyboardInterrupt:
             echo(f"\ninterrupted: work in flight was not marked done; rerun the same command "
                  f"to resume {opts.output_dir}", err=True)
@@ -128,9 +137,10 @@ def run_on_devices(opts: JobOptions, devices: list[str], provenance: dict) -> Ru
 
     t0 = time.perf_counter()
     provenance = {**provenance, "options": output_options(opts)}
-    fingerprint = fingerprint_of(opts, provenance)
-    store = NpyStore(opts.output_dir)
-    output = OutputDir(opts.output_dir, fingerprint, store, force=opts.force)
+    fingerprint = fingerprint_of(provenance)
+    output = OutputDir(opts.output_dir, fingerprint,
+                       lambda: open_store(opts.output_dir, opts.format, opts.latent_dtype),
+                       force=opts.force)
     summary = RunSummary(opts.output_dir)
     try:
         merge_shards(output)
@@ -165,9 +175,10 @@ def run_on_devices(opts: JobOptions, devices: list[str], provenance: dict) -> Ru
                 for p in procs:
                     p.join()
             failed = [k for k, p in enumerate(procs) if p.exitcode != 0]
+            fault_point("before_merge")
             merge_shards(output)
             if failed:
-                raise RuntimeError(f"worker(s) {failed} failed; what they finished is merged, "
+                raise WorkerFailed(f"worker(s) {failed} failed; what they finished is merged, "
                                    "rerun the same command to resume")
         output.finalize(plan.line_of)
         summary.stats = write_stats(opts.output_dir, provenance)
@@ -178,6 +189,8 @@ def run_on_devices(opts: JobOptions, devices: list[str], provenance: dict) -> Ru
 
 
 def _device_worker(opts: JobOptions, provenance: dict, progress) -> None:
+    from .pipeline import _exit_with_parent
+    _exit_with_parent()
     try:
         run_job(opts, provenance=provenance, on_progress=lambda n, s: progress.put((n, s)))
     except KeyboardInterrupt:
@@ -199,18 +212,24 @@ def merge_shards(output: OutputDir) -> int:
         if fp != output.journal.fingerprint:
             raise ConfigMismatch(f"{shard} was made with other settings than {output.path}; "
                                  "remove it or rerun with its settings")
-        sub = OutputDir(shard, fp, NpyStore(shard),
-                        record_present=lambda line, s=shard: _files_present(s, line))
+        packed = output.store.format == "zarr"
+        sub = OutputDir(shard, fp, open_store(shard, output.store.format,
+                                              getattr(output.store, "latent_dtype", "float32")))
         try:
+            if packed:
+                from .store.zarr import merge_zarr_stores
+                rows = merge_zarr_stores([shard], output.store)
             lines = []
             for split, name in MANIFESTS.items():
                 for line in read_output_manifest(shard / name)[0]:
                     if line["id"] in output.done:
                         continue
-                    for key in ("text_ids_path", "codes_path", "condition_path", "emo_vec_path"):
-                        _link(shard / line[key], output.path / line[key])
+                    if packed:
+                        line["row"] = rows[(0, line["row"])]
+                    else:
+                        for key in PATH_KEYS:
+                            _link(shard / line[key], output.path / line[key])
                     lines.append((split, line))
-            from .store.fsutil import syncfs
             syncfs(output.path)
             output.adopt(lines)
             adopted += len(lines)
@@ -221,11 +240,6 @@ def merge_shards(output: OutputDir) -> int:
         shutil.rmtree(shard)
     root.rmdir()
     return adopted
-
-
-def _files_present(root: Path, line: dict) -> bool:
-    return all((root / line[k]).is_file() for k in
-               ("text_ids_path", "codes_path", "condition_path", "emo_vec_path"))
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -249,19 +263,27 @@ def merge_command(out: Path) -> int:
         fp = Journal.read_fingerprint(found[0]) if found else None
     if fp is None:
         raise OutputExists(f"{out}: nothing to merge (no progress file in it or in {shards})")
-    output = OutputDir(out, fp, NpyStore(out))
+    shard_dirs = sorted(shards.glob("*/")) if shards.is_dir() else []
+    provenance = _stats_provenance(out, *shard_dirs)
+    options = provenance.get("options", {})
+    fmt = "zarr" if any((d / "features.zarr").exists() for d in [out, *shard_dirs]) else "npy"
+    output = OutputDir(out, fp, open_store(out, fmt, options.get("latent_dtype", "float32")))
     try:
         n = merge_shards(output)
-        write_stats(out, _stats_provenance(out))
+        output.finalize()
+        write_stats(out, provenance)
     finally:
         output.close()
     return n
 
 
-def _stats_provenance(out: Path) -> dict:
+def _stats_provenance(*dirs: Path) -> dict:
+    """The provenance recorded by the first of `dirs` that finished a stats.json."""
     import json
     from .store.dataset import STATS
-    try:
-        return json.loads((out / STATS).read_text())["provenance"]
-    except (OSError, KeyError, ValueError):
-        return {}
+    for d in dirs:
+        try:
+            return json.loads((d / STATS).read_text())["provenance"]
+        except (OSError, KeyError, ValueError):
+            continue
+    return {}

@@ -19,7 +19,8 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from .batching import Budget, batch_cost, frames_for_seconds, take_batch
 from .manifest import Record, Reject, is_val, read_manifest, resolve_audio
 from .store.dataset import OutputDir
 from .store.npy import NpyStore, UtteranceFeatures
+from .provenance import fingerprint_of
 from .store.stats import write_stats
 
 CHUNK = 32  # records per CPU task
@@ -120,9 +122,24 @@ _worker: dict = {}
 def init_worker(tokenizer: str, resample: str, limits: Limits, device_fbank: bool) -> None:
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how to stop
+    _exit_with_parent()
     from .text import TextTokenizer
     _worker.update(tokenizer=TextTokenizer(tokenizer), resample=resample, limits=limits,
                    device_fbank=device_fbank)
+
+
+def _exit_with_parent() -> None:
+    """A killed parent (SIGKILL, OOM killer) cannot stop its workers: they watch it instead,
+    so no orphan keeps decoding, or holds the parent's stdout open."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        parent.join()
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def prepare_chunk(items: list[WorkItem], language: str | None) -> list[Prepared | Reject]:
@@ -135,6 +152,8 @@ def prepare_one(item: WorkItem, language: str | None) -> Prepared | Reject:
     from .text import clean_text
 
     rec, lim = item.record, _worker["limits"]
+    if os.environ.get("PREPROCESS_FAULT") == f"prepare:{rec.id}":
+        os._exit(1)  # lets tests kill a worker the way a crashing decoder would
 
     def reject(stage, reason):
         return Reject(rec.line, rec.id, stage, reason)
@@ -171,6 +190,65 @@ def prepare_one(item: WorkItem, language: str | None) -> Prepared | Reject:
         return prepared
     except Exception as e:  # a bug or an unforeseen input must not stop the corpus
         return reject("prepare", f"{type(e).__name__}: {e}")
+
+
+def _ping() -> bool:
+    return True
+
+
+class CpuStage:
+    """A pool of worker processes for `prepare_chunk`. A worker that dies (a decoder crash, the
+    kernel's OOM killer) breaks the pool: it is restarted, the chunks in flight are resubmitted,
+    and the chunk that was running is redone one record at a time, so only the record that
+    kills a worker again becomes a reject. Nothing hangs on a lost task."""
+
+    def __init__(self, workers: int, initargs: tuple, language: str | None):
+        self.workers, self.initargs, self.language = workers, initargs, language
+        self.tasks: list[list] = []  # [items, future] still pending
+        self._start()
+        try:
+            self.pool.submit(_ping).result()
+        except BrokenProcessPool:
+            raise RuntimeError("the CPU worker processes failed to start (see the error above)") from None
+
+    def _start(self) -> None:
+        self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                        initializer=init_worker, initargs=self.initargs)
+
+    def _restart(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self._start()
+        for task in self.tasks:
+            task[1] = self.pool.submit(prepare_chunk, task[0], self.language)
+
+    def submit(self, items: list[WorkItem]) -> list:
+        task = [items, self.pool.submit(prepare_chunk, items, self.language)]
+        self.tasks.append(task)
+        return task
+
+    def result(self, task: list) -> list[Prepared | Reject]:
+        try:
+            out = task[1].result()
+        except BrokenProcessPool:
+            self.tasks.remove(task)
+            self._restart()
+            return [r for item in task[0] for r in self._alone(item)]
+        self.tasks.remove(task)
+        return out
+
+    def _alone(self, item: WorkItem) -> list[Prepared | Reject]:
+        try:
+            return self.pool.submit(prepare_chunk, [item], self.language).result()
+        except BrokenProcessPool:
+            self._restart()
+            return [Reject(item.record.line, item.record.id, "prepare",
+                           "the worker process died while preparing this record")]
+
+    def close(self) -> None:
+        procs = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:  # do not wait for chunks nobody will use
+            proc.terminate()
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -394,14 +472,6 @@ class Writer(threading.Thread):
 
 # -- the job --------------------------------------------------------------------------------
 
-def fingerprint_of(opts: JobOptions, provenance: dict) -> str:
-    import hashlib
-    import json
-    keyed = {"files": {k: v["sha256"] for k, v in provenance["files"].items()},
-             "options": provenance["options"]}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
-
-
 def output_options(opts: JobOptions) -> dict:
     """The options that change outputs; changing any of them needs --force."""
     return {"language": opts.language, "val_ratio": opts.val_ratio, "resample": opts.resample,
@@ -409,11 +479,13 @@ def output_options(opts: JobOptions) -> dict:
             "latent_dtype": opts.latent_dtype, **asdict(opts.limits)}
 
 
-def open_store(opts: JobOptions):
-    if opts.format == "zarr":
+def open_store(path: Path, fmt: str = "npy", latent_dtype: str = "float32"):
+    if fmt == "zarr":
         from .store.zarr import ZarrStore
-        return ZarrStore(opts.output_dir, latent_dtype=opts.latent_dtype)
-    return NpyStore(opts.output_dir)
+        # One condition shard per flush: each shard file is written once, not once per batch.
+        # A crash loses at most the rows buffered since the last flush; they are recomputed.
+        return ZarrStore(path, latent_dtype=latent_dtype, flush_rows=1024)
+    return NpyStore(path)
 
 
 def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
@@ -430,10 +502,8 @@ def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
     if provenance is None:
         provenance = describe_inputs(opts.models, opts.tokenizer, opts.output_dir)
     provenance = {**provenance, "options": output_options(opts)}
-    store = open_store(opts)
-    output = OutputDir(opts.output_dir, fingerprint_of(opts, provenance), store, force=opts.force,
-                       record_present=getattr(store, "record_present", None)
-                       or (lambda line: _npy_present(opts.output_dir, line)))
+    output = OutputDir(opts.output_dir, fingerprint_of(provenance), lambda: open_store(opts.output_dir, opts.format, opts.latent_dtype),
+                       force=opts.force)
     summary = RunSummary(opts.output_dir)
     try:
         t0 = time.perf_counter()
@@ -453,7 +523,7 @@ def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
             summary.stage_seconds["load_models"] = time.perf_counter() - t0
             budget = auto_budget(opts, bundle, device, max(plan.frames))
             from .text import TextNormalizer
-            TextNormalizer().load()  # builds the grammar cache once, before workers need it
+            TextNormalizer().load("zh")  # compiles the grammar cache once, before workers need it
             _process(opts, plan, bundle, device, budget, output, summary, on_progress)
         output.finalize(plan.line_of)
         provenance["vocab_size"] = _vocab_size(opts.tokenizer)
@@ -471,11 +541,6 @@ def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
 def _vocab_size(tokenizer: Path) -> int:
     import sentencepiece as spm
     return spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
-
-
-def _npy_present(out_dir: Path, line: dict) -> bool:
-    return all((out_dir / line[k]).is_file() for k in
-               ("text_ids_path", "codes_path", "condition_path", "emo_vec_path") if k in line)
 
 
 def resolve_workers(n: int) -> int:
@@ -509,35 +574,29 @@ def _process(opts, plan: Plan, bundle, device, budget: Budget, output: OutputDir
     writer = Writer(output, on_commit)
     writer.start()
     workers = resolve_workers(opts.workers)
-    pool = mp.get_context("spawn").Pool(
-        workers, initializer=init_worker,
-        initargs=(str(opts.tokenizer), opts.resample, opts.limits, device.type != "cpu"))
-    pending: deque = deque()  # (batch indices, [AsyncResult per chunk])
-    in_flight = 0
-    window = 2 * workers + 2   # chunks queued for the CPU workers
-
-    def submit() -> None:
-        nonlocal in_flight
-        while batches and (not pending or in_flight < window):
-            batch = batches.popleft()
-            futures = [pool.apply_async(prepare_chunk, ([plan.items[i] for i in batch[j:j + CHUNK]],
-                                                        opts.language))
-                       for j in range(0, len(batch), CHUNK)]
-            pending.append((batch, futures))
-            in_flight += len(futures)
-
+    pending: deque = deque()  # (batch indices, [CPU task per chunk])
+    window = 2 * workers + 2  # chunks queued ahead for the CPU workers
     interrupted = False
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    cpu = None
     try:
+        cpu = CpuStage(workers, (str(opts.tokenizer), opts.resample, opts.limits,
+                                 device.type != "cpu"), opts.language)
+
+        def submit() -> None:
+            while batches and (not pending or len(cpu.tasks) < window):
+                batch = batches.popleft()
+                pending.append((batch, [cpu.submit([plan.items[i] for i in batch[j:j + CHUNK]])
+                                        for j in range(0, len(batch), CHUNK)]))
+
         submit()
         while pending:
-            batch, futures = pending.popleft()
+            batch, tasks = pending.popleft()
             prepared: list[Prepared] = []
             rejects: list[Reject] = []
-            for f in futures:
-                for r in f.get():
+            for task in tasks:
+                for r in cpu.result(task):
                     (rejects if isinstance(r, Reject) else prepared).append(r)
-            in_flight -= len(futures)
             submit()
             entries = []
             for p, result in stage.run_all(prepared):
@@ -554,7 +613,8 @@ def _process(opts, plan: Plan, bundle, device, budget: Budget, output: OutputDir
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous_term)
-        pool.terminate()
+        if cpu is not None:
+            cpu.close()
         writer.finish()  # everything computed is committed; nothing half-done is marked
         bar.close()
     summary.device_seconds = stage.busy_seconds

@@ -61,3 +61,13 @@ def describe_inputs(models, tokenizer: str | os.PathLike, out_dir: str | os.Path
     write_atomic(cache_path, json.dumps(cache, indent=1).encode(), fsync=False)
     return {"tokenizer": str(tokenizer), "gpt_checkpoint": str(models.gpt_checkpoint),
             "files": described, "versions": package_versions()}
+
+
+def fingerprint_of(provenance: dict) -> str:
+    """What must match for a rerun to resume: the bytes of every input file and the options
+    that change outputs (not paths, devices, batch sizes or worker counts)."""
+    import hashlib
+    import json
+    keyed = {"files": {k: v["sha256"] for k, v in provenance["files"].items()},
+             "options": provenance["options"]}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()

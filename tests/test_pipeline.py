@@ -274,3 +274,13 @@ def test_verify_catches_planted_corruption(reference_run, tmp_path):
     r = subprocess.run([sys.executable, "-m", "preprocess", "verify", str(out)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "problem" in r.stdout
+
+
+def test_worker_crash_becomes_a_reject(corpus, tiny_models, tmp_path):
+    r = run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3",
+                env={"PREPROCESS_FAULT": "prepare:zh_b_0"})
+    rejects = read_lines(tmp_path / "rejects.jsonl")
+    assert [(x["id"], x["stage"]) for x in rejects] == [("zh_b_0", "prepare")]
+    assert "worker process died" in rejects[0]["reason"]
+    done = read_lines(tmp_path / "train_manifest.jsonl") + read_lines(tmp_path / "val_manifest.jsonl")
+    assert len(done) == len(GOOD) - 1

@@ -46,8 +46,8 @@ def entries(items):
     return out
 
 
-def write_output(path, store, batches, record_present=None):
-    od = OutputDir(path, "fingerprint-1", store, record_present=record_present)
+def write_output(path, store, batches):
+    od = OutputDir(path, "fingerprint-1", store)
     for k, batch in enumerate(batches):
         od.commit(entries(batch), [Reject(1000 + k, f"bad{k}", "audio", "cannot decode")])
     order = {it.id: i for i, it in enumerate(it for b in batches for it in b)}
@@ -78,7 +78,7 @@ def test_npy_and_zarr_read_back_the_same_and_export_equals_npy(tmp_path):
     items = [it for b in batches for it in b]
     write_output(tmp_path / "npy", NpyStore(tmp_path / "npy"), batches)
     store = ZarrStore(tmp_path / "zarr", dim=DIM)
-    write_output(tmp_path / "zarr", store, batches, record_present=store.record_present)
+    write_output(tmp_path / "zarr", store, batches)
 
     line = json.loads((tmp_path / "zarr" / MANIFESTS["train"]).read_text().splitlines()[0])
     assert "row" in line and not any(k in line for k in PATH_KEYS)
@@ -123,7 +123,7 @@ def test_float16_latents(tmp_path):
     rng = np.random.default_rng(1)
     items = make_items(rng, 20)
     store = ZarrStore(tmp_path / "out", "float16", dim=DIM)
-    write_output(tmp_path / "out", store, [items], record_present=store.record_present)
+    write_output(tmp_path / "out", store, [items])
     packed = PackedArrays(tmp_path / "out")
     assert packed.arrays["condition"].dtype == np.float16 and packed.arrays["codes"].dtype == np.int16
     packed.close()
@@ -142,7 +142,7 @@ def test_crash_before_commit_is_cut_back_and_resume_appends(tmp_path):
     b1, b2, b3 = make_items(rng, 20), make_items(rng, 25, 20), make_items(rng, 15, 45)
     out = tmp_path / "out"
     store = ZarrStore(out, dim=DIM)
-    od = OutputDir(out, "fp", store, record_present=store.record_present)
+    od = OutputDir(out, "fp", store)
     od.commit(entries(b1))
     od.commit(entries(b2))
 
@@ -159,7 +159,7 @@ def test_crash_before_commit_is_cut_back_and_resume_appends(tmp_path):
     (zdir / "codes" / "c.0.0123abcd.partial").write_bytes(b"temp file of a killed write")
 
     store = ZarrStore(out, dim=DIM)
-    od = OutputDir(out, "fp", store, record_present=store.record_present)
+    od = OutputDir(out, "fp", store)
     assert od.done == {it.id for it in b1 + b2}
     assert store.committed_rows == 45
     assert json.loads((zdir / "condition" / "zarr.json").read_text())["shape"][0] == 45
@@ -187,7 +187,7 @@ def test_rows_committed_without_manifest_lines_are_orphans(tmp_path, monkeypatch
     b1, b2 = make_items(rng, 10), make_items(rng, 12, 10)
     out = tmp_path / "out"
     store = ZarrStore(out, dim=DIM)
-    od = OutputDir(out, "fp", store, record_present=store.record_present)
+    od = OutputDir(out, "fp", store)
     od.commit(entries(b1))
 
     def killed(path, data):
@@ -199,7 +199,7 @@ def test_rows_committed_without_manifest_lines_are_orphans(tmp_path, monkeypatch
     monkeypatch.undo()
 
     store = ZarrStore(out, dim=DIM)
-    od = OutputDir(out, "fp", store, record_present=store.record_present)
+    od = OutputDir(out, "fp", store)
     assert od.done == {it.id for it in b1} and store.committed_rows == 22
     od.commit(entries(b2))  # recomputed: new rows 22..33; rows 10..21 stay as orphans
     od.finalize()
@@ -218,7 +218,7 @@ def test_buffered_rows_lost_in_a_crash_are_recomputed(tmp_path):
     batches = [make_items(rng, 16, 16 * k) for k in range(6)]
     out = tmp_path / "out"
     store = ZarrStore(out, dim=DIM, flush_rows=64)
-    od = OutputDir(out, "fp", store, record_present=store.record_present)
+    od = OutputDir(out, "fp", store)
     for k in range(3):
         od.commit(entries(batches[k]))
     assert store.committed_rows == 0 and store.rows == 48  # buffered, not yet durable
@@ -228,7 +228,7 @@ def test_buffered_rows_lost_in_a_crash_are_recomputed(tmp_path):
     od._lock.close()  # crash with batch 4 buffered and already in the manifest and journal
 
     store = ZarrStore(out, dim=DIM, flush_rows=64)
-    od = OutputDir(out, "fp", store, record_present=store.record_present)
+    od = OutputDir(out, "fp", store)
     assert od.done == {it.id for b in batches[:4] for it in b}
     for b in batches[4:]:
         od.commit(entries(b))
@@ -288,8 +288,11 @@ def test_merge_equals_one_store_with_all_rows(tmp_path, monkeypatch):
         assert merged.arrays[name].shape[0] == n
         assert np.array_equal(merged.read(name, 0, n), single.read(name, 0, n)), name
     merged.close(), single.close()
-    again = merge_zarr_stores([tmp_path / "a", tmp_path / "b"], tmp_path / "merged")
-    assert again.spans == mapping.spans and PackedArrays(tmp_path / "merged").rows == 55
+    dest = ZarrStore(tmp_path / "merged", dim=DIM)  # rerun into an open store: nothing to add
+    again = merge_zarr_stores([tmp_path / "a", tmp_path / "b"], dest)
+    assert again.spans == mapping.spans and dest.committed_rows == 55
+    dest.write(make_items(rng, 1, 99))  # the open store goes on appending after the merged rows
+    assert dest.committed_rows == 56 and dest.record_present({"id": "spk0_utt00099", "row": 55})
 
 
 def test_timings_full_size(tmp_path):

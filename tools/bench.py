@@ -243,6 +243,22 @@ def model_sizes(bundle: ModelBundle) -> dict:
             "resident_bytes": sum(v["bytes"] for v in out.values()), "modules": out}
 
 
+def checkpoint_parameters(paths: ModelPaths) -> dict:
+    """Parameters stored in the safetensors files (whole w2v-BERT, codec with its decoder), read
+    from the headers: what a loader that takes everything would hold."""
+    from safetensors import safe_open
+
+    out = {}
+    files = {"w2v_bert": sorted(paths.w2v_bert.glob("*.safetensors")), "semantic_codec": [paths.semantic_codec]}
+    for name, group in files.items():
+        total = 0
+        for path in group:
+            with safe_open(str(path), "pt") as f:
+                total += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+        out[name] = total
+    return out
+
+
 # -- end to end -----------------------------------------------------------------------------
 
 class RunLog:
@@ -548,7 +564,8 @@ def main(argv=None) -> dict:
             report["end_to_end"]["read_back"] = read_back(store)
         if bundle is None:
             bundle = ModelBundle.load(paths, layer=opts.layer).to(device, pipeline.PRECISIONS[args.precision])
-        report["models"].update(model_sizes(bundle), dtype=str(bundle.dtype).replace("torch.", ""))
+        report["models"].update(model_sizes(bundle), dtype=str(bundle.dtype).replace("torch.", ""),
+                                checkpoint_file_parameters=checkpoint_parameters(paths))
 
         if args.mode in ("model-only", "both") or args.precision_compare:
             if log.probe_cost is not None:   # the budget the job measured: the same batches

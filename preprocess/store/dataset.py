@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from ..manifest import Reject, read_output_manifest
 from .fsutil import append_durable, write_atomic
@@ -71,10 +71,9 @@ class OutputExists(Exception):
 
 
 class OutputDir:
-    def __init__(self, path: str | os.PathLike, fingerprint: str, store, *, force: bool = False,
-                 record_present: Callable[[dict], bool] | None = None):
-        """`store` writes features (NpyStore, ZarrStore); `record_present(line)` tells whether a
-        manifest line's data is still there (used on resume)."""
+    def __init__(self, path: str | os.PathLike, fingerprint: str, store, *, force: bool = False):
+        """`store` (NpyStore, ZarrStore, or a callable making one after a --force wipe) writes
+        features and tells, on resume, whether a manifest line's data is still there."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.path / LOCK, "a")
@@ -94,8 +93,9 @@ class OutputDir:
             raise ConfigMismatch(f"{e}; rerun with the original settings to resume, "
                                  "or pass --force to start over") from None
         self.store = store() if callable(store) else store
+        self._held: list[tuple[str, dict]] = []
         self.rejected_lines: set[int] = set()
-        self._recover(record_present)
+        self._recover(self.store.record_present)
 
     # -- resume ---------------------------------------------------------------------------
 
@@ -109,7 +109,7 @@ class OutputDir:
                 id_ = line["id"]
                 if id_ in seen or id_ not in self.journal.done:
                     continue
-                if record_present is not None and not record_present(line):
+                if not record_present(line):
                     continue
                 seen.add(id_)
                 good.append(line)
@@ -131,27 +131,38 @@ class OutputDir:
 
     def commit(self, entries: list[tuple[str, dict, int, int, dict, UtteranceFeatures]],
                rejects: Iterable[Reject] = ()) -> None:
-        """entries: (split, base fields, text_len, code_len, extras, features) per utterance."""
+        """entries: (split, base fields, text_len, code_len, extras, features) per utterance.
+        A store may buffer rows (the packed one does, to write each shard once): lines wait
+        here until the store says their data is durable."""
         locations = self.store.write([e[5] for e in entries])
         fault_point("after_store")
-        by_split: dict[str, list[str]] = {s: [] for s in MANIFESTS}
         for (split, base, text_len, code_len, extras, _), loc in zip(entries, locations):
-            by_split[split].append(dumps_line(manifest_line(base, text_len, code_len, loc, extras)))
-        for split, lines in by_split.items():
-            append_durable(self.path / MANIFESTS[split], "".join(lines).encode("utf-8"))
-            fault_point("after_manifest")
+            self._held.append((split, manifest_line(base, text_len, code_len, loc, extras)))
+        ready = 0
+        while ready < len(self._held) and self.store.is_durable(self._held[ready][1]):
+            ready += 1
+        self.adopt(self._held[:ready])
+        del self._held[:ready]
         self.add_rejects(rejects)
-        self.journal.mark_done([e[1]["id"] for e in entries])
-        fault_point("after_journal")
+
+    def flush(self) -> None:
+        """Make buffered rows durable and mark their records done."""
+        self.store.flush()
+        self.adopt(self._held)
+        self._held = []
 
     def adopt(self, lines: list[tuple[str, dict]]) -> None:
-        """Take (split, manifest line) pairs whose data is already durable in this directory's
-        store (a merged shard) and mark them done, in the same order as `commit`."""
+        """Take (split, manifest line) pairs whose data is durable in this directory's store
+        and mark them done: manifest lines first, then the journal."""
         lines = [(s, line) for s, line in lines if line["id"] not in self.journal.done]
+        if not lines:
+            return
         for split in MANIFESTS:
             text = "".join(dumps_line(line) for s, line in lines if s == split)
             append_durable(self.path / MANIFESTS[split], text.encode("utf-8"))
+            fault_point("after_manifest")
         self.journal.mark_done([line["id"] for _, line in lines])
+        fault_point("after_journal")
 
     def add_rejects(self, rejects: Iterable[Reject]) -> None:
         new = [r for r in rejects if r.line not in self.rejected_lines]
@@ -161,6 +172,7 @@ class OutputDir:
     def finalize(self, order: dict[str, int] | None = None) -> None:
         """Rewrite manifests and rejects in source-line order: the bytes no longer depend on
         batching, interruptions or which worker finished first."""
+        self.flush()
         def key(line):
             return (order.get(line["id"], 1 << 62) if order else 0, line["id"])
         for name in MANIFESTS.values():
@@ -172,8 +184,12 @@ class OutputDir:
         write_atomic(self.path / REJECTS, "".join(map(dumps_line, rejects)).encode("utf-8"))
 
     def close(self) -> None:
-        self.store.close()
-        self._lock.close()
+        """Flushes what the store buffered (an interrupted run keeps its finished work)."""
+        try:
+            self.flush()
+        finally:
+            self.store.close()
+            self._lock.close()
 
 
 def wipe(path: Path) -> None:

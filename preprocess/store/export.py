@@ -36,6 +36,27 @@ def _exported(dest: Path, item: UtteranceFeatures) -> bool:
     return True
 
 
+def _write_npy_provenance(src_out: Path, dest: Path, ids: list[str]) -> None:
+    """stats.json and the progress file of the npy output a direct run would have made, so
+    `preprocess-data --format npy` into DEST resumes (and later commands see the npy layout)."""
+    import json
+
+    from ..provenance import fingerprint_of
+    from .journal import PROGRESS_FILE, Journal
+    from .stats import write_stats
+
+    try:
+        provenance = json.loads((src_out / STATS).read_text(encoding="utf-8"))["provenance"]
+    except (OSError, KeyError, ValueError):
+        return
+    options = provenance.get("options", {})
+    options.update(format="npy", latent_dtype="float32")
+    write_stats(dest, provenance)
+    if "files" in provenance:
+        journal = Journal(dest / PROGRESS_FILE, fingerprint_of(provenance), set())
+        journal.rewrite(ids)
+
+
 def export_npy(src_out: str | os.PathLike, dest: str | os.PathLike, *,
                block_rows: int = 1024) -> dict:
     """Write the .npy files and manifests a direct `--format npy` run would have written, from
@@ -98,9 +119,9 @@ def export_npy(src_out: str | os.PathLike, dest: str | os.PathLike, *,
                 continue
             text = "".join(dumps_line(npy_line(line)) for line in lines[split])
             write_atomic(dest / name, text.encode("utf-8"))
-        for name in (STATS, REJECTS):
-            if (src_out / name).exists():
-                write_atomic(dest / name, (src_out / name).read_bytes())
+        if (src_out / REJECTS).exists():
+            write_atomic(dest / REJECTS, (src_out / REJECTS).read_bytes())
+        _write_npy_provenance(src_out, dest, [line["id"] for split in lines.values() for line in split])
     finally:
         packed.close()
     return {"utterances": len(wanted), "written": written, "skipped": skipped}

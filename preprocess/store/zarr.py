@@ -16,8 +16,12 @@ carries {"row": i} instead of the four *_path keys.
 Ragged features are flat arrays plus offsets: row i's codes are codes[o[i]:o[i+1]] with
 o = code_offsets. Every array is sharded (index at the end, crc32c) with zstd inside.
 
-Shard sizes: zarr rewrites a whole shard file whenever rows are appended to it, so small shards
-mean little rewriting and large shards few files. The condition latents are ~96% of the bytes;
+Writing: zarr creates the arrays and writes their metadata; shard files are encoded here (same
+format, read back by zarr in the tests), because zarr's per-chunk overhead dominated writes.
+
+Shard sizes: a shard file is rewritten whole whenever rows are appended to it (the format cannot
+grow in place and stay crash-safe), so small shards mean little rewriting and large shards few
+files. The condition latents are ~96% of the bytes;
 1,024 rows per shard puts 100,000 utterances in 98 condition files and ~150 files in all (see
 `estimate_file_count`), while one append rewrites the partly filled condition shard (at most
 160 MiB for float32) plus the new rows. `ZarrStore(flush_rows=1024)` buffers rows so that each
@@ -40,6 +44,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import google_crc32c  # zarr's own dependency (its crc32c codec)
 import numpy as np
 import zarr  # the zarr package (absolute import), not this module
 from numcodecs import Zstd
@@ -56,7 +61,7 @@ LATENT_DTYPES = ("float32", "float16")
 # (flat data array, its offsets array) for each ragged feature
 RAGGED = (("id_utf8", "id_offsets"), ("text_ids", "text_offsets"), ("codes", "code_offsets"))
 OFFSETS = tuple(off for _, off in RAGGED)
-WRITE_BATCH_CHUNKS = 1024
+EMPTY = 2**64 - 1  # shard index entry of a chunk that was never written
 
 
 @dataclass(frozen=True)
@@ -105,13 +110,15 @@ class DurableLocalStore(LocalStore):
         super().__init__(root, read_only=read_only)
         self._dirty_dirs: set[str] = set()
 
-    def _put_durable(self, key: str, value) -> None:
+    def write_parts(self, key: str, parts) -> None:
+        """Write the concatenation of `parts` (bytes-like) as one file, durably and atomically."""
         path = self.root / key
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.partial")
         try:
             with open(tmp, "wb") as f:
-                f.write(value.as_buffer_like())
+                for part in parts:
+                    f.write(part)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -124,7 +131,7 @@ class DurableLocalStore(LocalStore):
         if not self._is_open:
             await self._open()
         self._check_writable()
-        await asyncio.to_thread(self._put_durable, key, value)
+        await asyncio.to_thread(self.write_parts, key, [value.as_buffer_like()])
 
     async def set_if_not_exists(self, key: str, value) -> None:
         if not await self.exists(key):
@@ -132,7 +139,7 @@ class DurableLocalStore(LocalStore):
 
     def set_sync(self, key: str, value) -> None:
         self._check_writable()
-        self._put_durable(key, value)
+        self.write_parts(key, [value.as_buffer_like()])
 
     def sync_dirs(self) -> None:
         dirs, self._dirty_dirs = self._dirty_dirs, set()
@@ -186,11 +193,11 @@ def _check_layout(attrs: dict, where: Path) -> None:
 class ZarrStore:
     """Appends utterances as rows of OUT/features.zarr; `write` returns [{"row": i}, ...].
 
-    flush_rows=0 (default): every `write` is durable when it returns, as OutputDir expects.
+    flush_rows=0 (default): every `write` is durable when it returns.
     flush_rows=N: rows are buffered and written when the row count crosses a multiple of N (and
     on `flush`/`close`), so each shard is written about once. `write` then returns before its
-    rows are durable: a crash loses the buffered rows, and resume is correct only if
-    OutputDir is given `record_present=store.record_present`, which drops their lines.
+    rows are durable; OutputDir holds their manifest lines back until `is_durable` says so, and
+    a crash loses only the buffered rows, which are recomputed.
 
     The directory is opened lazily (first write / record_present), so a store made before
     OutputDir(..., force=True) wipes the directory still starts from an empty store.
@@ -254,9 +261,12 @@ class ZarrStore:
                 shards=(spec.shard_rows, *spec.row_shape),
                 compressors=ZstdCodec(level=spec.level), fill_value=0,
                 chunk_key_encoding={"name": "default", "separator": "."})
-        if np.dtype(arr.dtype) != np.dtype(spec.dtype) or tuple(arr.shape[1:]) != spec.row_shape:
-            raise ValueError(f"{self.path}/{spec.name}: {arr.dtype} {arr.shape}, "
-                             f"expected {spec.dtype} [*, {', '.join(map(str, spec.row_shape))}]")
+        layout = _sharded_layout(arr.metadata.to_dict(), spec.row_shape, np.dtype(spec.dtype).itemsize)
+        if (np.dtype(arr.dtype) != np.dtype(spec.dtype) or tuple(arr.shape[1:]) != spec.row_shape
+                or layout != (spec.chunk_rows, spec.shard_rows)):
+            raise ValueError(f"{self.path}/{spec.name}: {arr.dtype} {arr.shape} in another "
+                             f"encoding than this tool writes ({spec.dtype}, chunks of "
+                             f"{spec.chunk_rows} rows, shards of {spec.shard_rows})")
         return arr
 
     def _committed_length(self, name: str) -> int:
@@ -318,6 +328,10 @@ class ZarrStore:
         self._append(Block.from_items(self._pending, self.latent_dtype))
         self._pending = []
 
+    def is_durable(self, line: dict) -> bool:
+        """The row of a manifest line just written is committed (not only buffered)."""
+        return line["row"] < self.committed_rows
+
     def record_present(self, line: dict) -> bool:
         """A manifest line's row is committed and holds that id."""
         row = line.get("row")
@@ -367,16 +381,13 @@ class ZarrStore:
                   "text_ids": (block.text_ids, block.text_lens),
                   "codes": (block.codes, block.code_lens)}
         commit = {"rows": start["rows"] + n}
-        # zarr pushes each inner chunk through its codec pipeline separately unless told to
-        # batch them; batching halves the time of a write of one-row condition chunks.
-        with zarr.config.set({"codec_pipeline.batch_size": WRITE_BATCH_CHUNKS}):
-            for data_name, offsets_name in RAGGED:
-                data, lens = ragged[data_name]
-                self._put(data_name, start[data_name], data)
-                self._put(offsets_name, start["rows"] + 1, start[data_name] + np.cumsum(lens))
-                commit[data_name] = start[data_name] + len(data)
-            self._put("condition", start["rows"], block.condition)
-            self._put("emo_vec", start["rows"], block.emo_vec)
+        for data_name, offsets_name in RAGGED:
+            data, lens = ragged[data_name]
+            self._put(data_name, start[data_name], data)
+            self._put(offsets_name, start["rows"] + 1, start[data_name] + np.cumsum(lens))
+            commit[data_name] = start[data_name] + len(data)
+        self._put("condition", start["rows"], block.condition)
+        self._put("emo_vec", start["rows"], block.emo_vec)
         self._store.sync_dirs()
         attrs = {"commit": commit}
         if merged is not None:
@@ -390,16 +401,194 @@ class ZarrStore:
             self._ids.extend(block.ids)
 
     def _put(self, name: str, start: int, values: np.ndarray) -> None:
+        """Rows [start, start + len(values)) of array `name`: zarr.json first (a crash leaves the
+        array longer than the commit, which open cuts back), then each shard touched."""
         spec = self.specs[name]
         arr = self._arrays[name]
         arr.resize((start + len(values), *spec.row_shape))
-        if len(values):
-            arr[start:start + len(values)] = np.asarray(values, dtype=spec.dtype)
+        values = np.ascontiguousarray(values, dtype=np.dtype(spec.dtype).newbyteorder("<"))
+        stop = start + len(values)
+        row = start
+        while row < stop:
+            shard = row // spec.shard_rows
+            end = min(stop, (shard + 1) * spec.shard_rows)
+            self._write_shard(spec, arr, shard, row, values[row - start:end - start])
+            row = end
+
+    def _write_shard(self, spec: ArraySpec, arr, shard: int, start: int, values: np.ndarray) -> None:
+        """Put `values` at rows [start, ...) of one shard and rewrite its file.
+
+        We encode shards ourselves (zarr's sharding format: chunks, then a little-endian
+        (offset, nbytes) uint64 table and its crc32c) rather than through zarr's setitem, whose
+        per-chunk Python and event-loop work took 6x the zstd time of the one-row condition
+        chunks on our test machine.
+        Chunks already in the file are copied as encoded bytes; a chunk only partly covered by
+        `values` is decoded, overlaid and re-encoded."""
+        key = arr.metadata.encode_chunk_key((shard,) + (0,) * len(spec.row_shape))
+        path = self.path / spec.name / key
+        per_shard = spec.shard_rows // spec.chunk_rows
+        zstd = Zstd(level=spec.level)
+        chunks: list = [None] * per_shard
+        if path.exists():
+            data = memoryview(path.read_bytes())
+            index = _shard_index(bytes(data[-(per_shard * 16 + 4):]), path)
+            for j, (offset, nbytes) in enumerate(index.tolist()):
+                if offset != EMPTY:
+                    chunks[j] = data[offset:offset + nbytes]
+        first_row = shard * spec.shard_rows
+        stop = start + len(values)
+        for j in range((start - first_row) // spec.chunk_rows,
+                       (stop - 1 - first_row) // spec.chunk_rows + 1):
+            c0 = first_row + j * spec.chunk_rows
+            lo, hi = max(start, c0), min(stop, c0 + spec.chunk_rows)
+            if (lo, hi) == (c0, c0 + spec.chunk_rows):
+                chunk = values[lo - start:hi - start]
+            else:  # rows before `start` are committed and kept; rows past the end are padding
+                chunk = np.zeros((spec.chunk_rows, *spec.row_shape), values.dtype)
+                if chunks[j] is not None:
+                    chunk[:] = np.frombuffer(zstd.decode(chunks[j]), values.dtype).reshape(chunk.shape)
+                chunk[lo - c0:hi - c0] = values[lo - start:hi - start]
+            chunks[j] = zstd.encode(np.ascontiguousarray(chunk))
+        index = np.full((per_shard, 2), EMPTY, "<u8")
+        parts, position = [], 0
+        for j, chunk in enumerate(chunks):
+            if chunk is not None:
+                index[j] = (position, len(chunk))
+                parts.append(chunk)
+                position += len(chunk)
+        table = index.tobytes()
+        parts += [table, google_crc32c.value(table).to_bytes(4, "little")]
+        self._store.write_parts(f"{spec.name}/{key}", parts)
+
+    # -- replacing the text ids (`preprocess text-ids`) ----------------------------------------
+
+    def stage_text_ids(self, replace: Mapping[int, np.ndarray], staging_dir: str | os.PathLike,
+                       attributes: dict | None = None) -> Path:
+        """Write `staging_dir`/features.zarr: a complete copy of this store in which row r holds
+        the text ids replace[r] (rows not in `replace` keep theirs), for `swap_with`.
+
+        Only text_ids and text_offsets are written anew; every file of the other arrays is
+        hard-linked (the same inode: ids, codes and latents stay byte for byte; copied where
+        the file system cannot link). The copy's `commit` counts the new text ids, and
+        `attributes` are added to its group. Durable when this returns; a rerun removes a
+        partial copy first. This store is not modified."""
+        import shutil
+
+        self._open()
+        self.flush()
+        rows = self._commit["rows"]
+        bad = [r for r in replace if not 0 <= r < rows]
+        if bad:
+            raise IndexError(f"rows {bad[:5]} are not among the {rows} committed rows of {self.path}")
+        dest = _zarr_dir(staging_dir)
+        if dest.resolve() == self.path.resolve():
+            raise ValueError("stage_text_ids needs a staging directory other than the store's")
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+
+        offsets = np.asarray(self._arrays["text_offsets"][: rows + 1], np.int64)
+        old = np.asarray(self._arrays["text_ids"][: int(offsets[-1])], np.int32)
+        pieces, lens = [], np.zeros(rows, np.int64)
+        for r in range(rows):
+            ids = replace.get(r)
+            piece = old[offsets[r]:offsets[r + 1]] if ids is None else \
+                np.asarray(ids).reshape(-1).astype(np.int32)
+            pieces.append(piece)
+            lens[r] = piece.size
+        flat = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+
+        cond = self.specs["condition"].row_shape
+        copy = ZarrStore(dest.parent, self.latent_dtype, condition_len=cond[0], dim=cond[1])
+        copy._store = DurableLocalStore(dest)
+        commit = {**self._commit, "text_ids": int(flat.size)}
+        # `commit` keeps its place among the attributes; its value is the copy's
+        attrs = {**self._group.attrs.asdict(), **(attributes or {}), "commit": commit}
+        copy._group = zarr.create_group(copy._store, attributes=attrs)
+        for name in ("text_ids", "text_offsets"):
+            copy._arrays[name] = copy._open_array(copy.specs[name])
+        copy._put("text_ids", 0, flat)
+        copy._put("text_offsets", 1, np.cumsum(lens))
+        copy._store.sync_dirs()
+        for name in self.specs:
+            if name not in ("text_ids", "text_offsets"):
+                _link_tree(self.path / name, dest / name)
+        fsync_dir(dest)
+        fsync_dir(dest.parent)
+        return dest
+
+    def swap_with(self, staging_dir: str | os.PathLike) -> None:
+        """Exchange features.zarr and `staging_dir`/features.zarr in one atomic rename (Linux
+        renameat2 RENAME_EXCHANGE): a reader opening the store finds the old one or the new one,
+        each consistent with its own commit, never a mixture or nothing. Afterwards the old
+        store lies in `staging_dir`, and this object reopens (lazily) on the new one."""
+        if self._pending:
+            raise RuntimeError(f"{self.path}: buffered rows must be flushed before a swap")
+        other = _zarr_dir(staging_dir)
+        exchange_paths(self.path, other)
+        fsync_dir(self.out_dir)
+        fsync_dir(other.parent)
+        self._group, self._store, self._arrays = None, None, {}
+        self._commit, self._merged, self._ids = _zero_commit(), [], None
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link every file under `src` into `dst` (copying where linking fails), durably."""
+    import shutil
+
+    for root, _, files in os.walk(src):
+        target = dst / Path(root).relative_to(src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in sorted(files):
+            if name.endswith(".partial"):
+                continue
+            try:
+                os.link(Path(root) / name, target / name)
+            except OSError:
+                shutil.copyfile(Path(root) / name, target / name)
+                with open(target / name, "rb+") as f:
+                    os.fsync(f.fileno())
+        fsync_dir(target)
+
+
+def exchange_paths(a: str | os.PathLike, b: str | os.PathLike) -> None:
+    """Swap two paths of one file system atomically (Linux renameat2 with RENAME_EXCHANGE:
+    ext4, xfs, btrfs, tmpfs, ...). Raises OSError where the system or file system cannot."""
+    import ctypes
+    import errno
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available on this system")
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot exchange {a} and {b} atomically: {os.strerror(err)}")
 
 
 # -- reading ---------------------------------------------------------------------------------
 
-_EMPTY = np.uint64(2**64 - 1)
+def _sharded_layout(meta: dict, row_shape: tuple[int, ...], itemsize: int) -> tuple[int, int] | None:
+    """(chunk rows, shard rows) when an array is encoded the way this module writes it:
+    sharding_indexed(bytes little-endian, zstd; index bytes + crc32c at the end), chunks and
+    shards spanning whole rows. None otherwise."""
+    codecs = meta.get("codecs") or ()
+    if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
+        return None
+    conf = codecs[0]["configuration"]
+    inner = [c["name"] for c in conf["codecs"]]
+    index = [c["name"] for c in conf["index_codecs"]]
+    endian = (conf["codecs"][0].get("configuration") or {}).get("endian", "little")
+    shard = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
+    chunk = tuple(conf["chunk_shape"])
+    if (inner != ["bytes", "zstd"] or index != ["bytes", "crc32c"]
+            or conf.get("index_location", "end") != "end"
+            or (endian != "little" and itemsize > 1)
+            or chunk[1:] != row_shape or shard[1:] != row_shape or shard[0] % chunk[0]):
+        return None
+    return chunk[0], shard[0]
 
 
 class _ShardRows:
@@ -418,27 +607,11 @@ class _ShardRows:
         self._shards: dict[int, tuple[int, np.ndarray] | None] = {}
         self._last: tuple[tuple[int, int], np.ndarray] | None = None  # last decoded chunk
         self._zstd = Zstd()
-        self.fast = self._parse(array.metadata.to_dict())
-
-    def _parse(self, meta: dict) -> bool:
-        codecs = meta.get("codecs") or ()
-        if len(codecs) != 1 or codecs[0]["name"] != "sharding_indexed":
-            return False
-        conf = codecs[0]["configuration"]
-        inner = [c["name"] for c in conf["codecs"]]
-        index = [c["name"] for c in conf["index_codecs"]]
-        endian = (conf["codecs"][0].get("configuration") or {}).get("endian", "little")
-        shard = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
-        chunk = tuple(conf["chunk_shape"])
-        if (inner != ["bytes", "zstd"] or index != ["bytes", "crc32c"]
-                or conf.get("index_location", "end") != "end"
-                or (endian != "little" and self.dtype.itemsize > 1)
-                or chunk[1:] != self.row_shape or shard[1:] != self.row_shape
-                or shard[0] % chunk[0]):
-            return False
-        self.chunk_rows, self.shard_rows = chunk[0], shard[0]
-        self.chunks_per_shard = shard[0] // chunk[0]
-        return True
+        layout = _sharded_layout(array.metadata.to_dict(), self.row_shape, self.dtype.itemsize)
+        self.fast = layout is not None
+        if layout is not None:
+            self.chunk_rows, shard_rows = layout
+            self.chunks_per_shard = shard_rows // self.chunk_rows
 
     def _shard(self, s: int) -> tuple[int, np.ndarray] | None:
         if s not in self._shards:
@@ -450,11 +623,13 @@ class _ShardRows:
                 return None
             size = os.fstat(fd).st_size
             nbytes = self.chunks_per_shard * 16 + 4
-            tail = os.pread(fd, nbytes, size - nbytes) if size >= nbytes else b""
-            if len(tail) != nbytes or not _crc_ok(tail[:-4], tail[-4:]):
+            try:
+                index = _shard_index(os.pread(fd, nbytes, max(0, size - nbytes)), self.directory / key,
+                                     self.chunks_per_shard)
+            except ValueError:
                 os.close(fd)
-                raise ValueError(f"{self.directory / key}: damaged shard index")
-            self._shards[s] = (fd, np.frombuffer(tail[:-4], "<u8").reshape(-1, 2))
+                raise
+            self._shards[s] = (fd, index)
         return self._shards[s]
 
     def _chunk(self, k: int) -> np.ndarray | None:
@@ -462,7 +637,7 @@ class _ShardRows:
         if self._last is not None and self._last[0] == (s, j):
             return self._last[1]
         shard = self._shard(s)
-        if shard is None or shard[1][j, 0] == _EMPTY:
+        if shard is None or shard[1][j, 0] == EMPTY:
             return None
         fd, index = shard
         raw = os.pread(fd, int(index[j, 1]), int(index[j, 0]))
@@ -495,12 +670,13 @@ class _ShardRows:
         self._last = None
 
 
-def _crc_ok(data: bytes, stored: bytes) -> bool:
-    try:
-        import google_crc32c  # zarr's own dependency for the crc32c codec
-    except ImportError:
-        return True
-    return google_crc32c.value(data) == int.from_bytes(stored, "little")
+def _shard_index(tail: bytes, where, chunks: int | None = None) -> np.ndarray:
+    """The (offset, nbytes) table ending a shard file, checked against its crc32c."""
+    table, crc = tail[:-4], tail[-4:]
+    if (len(tail) < 4 or (chunks is not None and len(table) != chunks * 16)
+            or google_crc32c.value(table) != int.from_bytes(crc, "little")):
+        raise ValueError(f"{where}: damaged shard index")
+    return np.frombuffer(table, "<u8").reshape(-1, 2)
 
 
 class PackedArrays:
@@ -587,9 +763,11 @@ class MergeMap(Mapping):
         return sum(count for _, count in self.spans)
 
 
-def merge_zarr_stores(sources: list[Path], dest: Path) -> MergeMap:
+def merge_zarr_stores(sources: list[Path], dest: Path | ZarrStore) -> MergeMap:
     """Append the committed rows of each source store (output directories or their
     features.zarr) to `dest`, in order; returns old (source index, row) -> new row.
+    `dest` is an output directory, or the ZarrStore already open on it (e.g. OutputDir's
+    store): a second ZarrStore on the same directory would not see the rows this one adds.
 
     Data are decoded and re-encoded: zarr has no API to move encoded chunks between arrays,
     and ragged rows land at other element offsets anyway. Rows are copied in blocks ending on
@@ -597,7 +775,7 @@ def merge_zarr_stores(sources: list[Path], dest: Path) -> MergeMap:
     Resumable: each block commits together with per-source progress in the `merged`
     attribute; rerunning the same merge skips what is done and returns the same mapping.
     Orphan rows (committed, but in no manifest) are copied too."""
-    dest_dir = _zarr_dir(dest)
+    dest_dir = dest.path if isinstance(dest, ZarrStore) else _zarr_dir(dest)
     packed = [PackedArrays(s) for s in sources]
     try:
         if not packed:
@@ -608,8 +786,14 @@ def merge_zarr_stores(sources: list[Path], dest: Path) -> MergeMap:
         if any(p.path.resolve() == dest_dir.resolve() for p in packed):
             raise ValueError(f"{dest_dir} is also a source")
         dtype, condition_len, dim = kind.pop()
-        store = ZarrStore(dest_dir.parent, dtype, condition_len=condition_len, dim=dim)
+        store = dest if isinstance(dest, ZarrStore) else \
+            ZarrStore(dest_dir.parent, dtype, condition_len=condition_len, dim=dim)
+        if (store.latent_dtype, *store.specs["condition"].row_shape) != (dtype, condition_len, dim):
+            raise ValueError(f"{dest_dir} stores {store.latent_dtype} latents "
+                             f"{store.specs['condition'].row_shape}, the sources {dtype} "
+                             f"({condition_len}, {dim})")
         store._open()
+        store.flush()
         shard_rows = store.specs["condition"].shard_rows
         spans = []
         for src in packed:
@@ -635,7 +819,6 @@ def merge_zarr_stores(sources: list[Path], dest: Path) -> MergeMap:
                 merged = [dict(m) for m in store._merged]
                 entry = next(m for m in merged if m["source"] == key)
             spans.append((entry["first_row"], entry["rows"]))
-        store.close()
         return MergeMap(spans)
     finally:
         for p in packed:

@@ -1,0 +1,90 @@
+"""tools/bench.py on tiny checkpoints: the JSON it prints has the documented fields, consistent."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import bench  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def report(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--models", str(tiny_models), "--generate", "3", "--min-seconds", "1", "--max-seconds", "2.5",
+            "--batch-size", "2", "--workers", "1", "--threads", "1", "--mode", "both",
+            "--precision-compare", "bf16", "--out", str(out)]
+    return bench.main(argv), out
+
+
+def test_prints_one_json_object(tiny_models, tmp_path, capsys):
+    argv = ["--models", str(tiny_models), "--generate", "1", "--min-seconds", "1", "--max-seconds", "1.5",
+            "--workers", "1", "--threads", "1", "--mode", "model-only", "--out", str(tmp_path)]
+    returned = bench.main(argv)
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(json.dumps(returned))
+    assert printed["model_only"]["batches"] == 1 and "end_to_end" not in printed
+
+
+def test_corpus_and_end_to_end(report):
+    r, out = report
+    lines = [json.loads(x) for x in (out / "corpus" / "manifest.jsonl").read_text().splitlines()]
+    seconds = sum(sf.info(out / "corpus" / x["audio"]).duration for x in lines)
+    rates = {sf.info(out / "corpus" / x["audio"]).samplerate for x in lines}
+    assert len(lines) == 3 and rates == {16000, 22050, 24000}
+    assert r["corpus"]["utterances"] == 3
+    assert r["corpus"]["audio_seconds"] == pytest.approx(seconds, abs=1e-3)
+    assert 1.0 <= r["corpus"]["min_seconds"] <= r["corpus"]["max_seconds"] <= 2.5
+
+    e = r["end_to_end"]
+    assert e["utterances"] == 3 and e["rejected"] == 0
+    assert e["audio_seconds"] == pytest.approx(seconds, abs=1e-3)
+    assert e["audio_seconds_per_second"] == pytest.approx(e["audio_seconds"] / e["wall_seconds"], rel=1e-3)
+    assert e["utterances_per_second"] == pytest.approx(3 / e["wall_seconds"], rel=1e-3)
+    # batch size 2 over three different lengths: the second item of the first batch is padded
+    assert e["batches"] == 2 and len(e["batch_seconds"]) == 2
+    assert 0 < e["padding_efficiency"] < 1
+    assert e["warmup_seconds"] + e["window_seconds"] + e["tail_seconds"] == pytest.approx(e["wall_seconds"], abs=2e-3)
+    assert 0 < e["device_busy_fraction"] <= 1.0 + 1e-6
+    assert e["model_seconds"] <= e["device_seconds"] + 1e-3
+    assert {"hash_inputs", "plan", "load_models", "device", "write"} <= set(e["stage_seconds"])
+    assert e["peak_rss_mib"]["main"] > 100 and e["peak_rss_mib"]["tree_sampled"] > 100
+    assert e["peak_device_memory_mib"] is None  # CPU
+    assert e["read_back"]["utterances_read"] == 3
+
+
+def test_model_only_matches_and_machine(report):
+    r, _ = report
+    e, m = r["end_to_end"], r["model_only"]
+    assert r["same_batches"] and m["batch_shapes"] == e["batch_shapes"]
+    # the same padding, counted by the pipeline and by the bench from its own tensors
+    assert m["padding_efficiency"] == pytest.approx(e["padding_efficiency"])
+    assert m["audio_seconds"] == pytest.approx(e["audio_seconds"], abs=1e-3)
+    assert m["audio_seconds_per_second"] == pytest.approx(m["audio_seconds"] / m["model_seconds"], rel=1e-2)
+    assert r["pipeline_efficiency"] == pytest.approx(m["batch_seconds"][1] / e["window_seconds"])
+    assert 0 < r["pipeline_efficiency_overall"] < 1
+    assert r["cpu_stage"]["audio_seconds_per_core_second"] > 0
+
+    models = r["models"]
+    assert models["parameters"] == sum(v["parameters"] for v in models["modules"].values()) > 0
+    assert models["resident_bytes"] >= 4 * models["parameters"]  # fp32, plus buffers
+    assert r["machine"]["cores"] >= 1 and r["machine"]["torch"]
+    assert r["options"]["batch_size"] == 2 and r["load"]["wall_seconds"] > 0
+
+
+def test_precision_compare(report):
+    from preprocess.store.reader import FeatureReader
+
+    r, out = report
+    p = r["precision_compare"]
+    with FeatureReader.open(out / "store") as written:
+        code_frames = int(written.code_lens().sum())
+    assert p["precision"] == "bf16" and p["utterances"] == 3
+    assert p["codes"] == code_frames and 0 <= p["codes_differing"] <= p["codes"]
+    assert p["codes_differing_fraction"] == pytest.approx(p["codes_differing"] / p["codes"])
+    for name in ("condition", "emo_vec"):
+        d = p[name]
+        assert 0 < d["mean_abs_diff"] <= d["max_abs_diff"] < 10 * d["fp32_mean_abs"]

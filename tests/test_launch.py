@@ -1,0 +1,106 @@
+"""Several datasets in one run; one worker per device with shards merged; `preprocess merge`."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from preprocess.launch import deal_shares, parse_dataset
+from preprocess.verify import verify_output
+from test_pipeline import GOOD, assert_same_output, cli_args, corpus, read_lines, run_cli  # noqa: F401
+
+
+def split_corpus(corpus, tmp_path):
+    """Two manifests (en-ish first half, rest) sharing the corpus' audio directory."""
+    lines = corpus.read_text(encoding="utf-8").splitlines()
+    a, b = corpus.parent / "first.jsonl", corpus.parent / "second.jsonl"
+    a.write_text("\n".join(lines[:4]) + "\n", encoding="utf-8")
+    b.write_text("\n".join(lines[4:]) + "\n", encoding="utf-8")
+    return a, b
+
+
+def model_flags(models):
+    return cli_args("M", "O", models)[4:]  # everything after --manifest/--output-dir
+
+
+def test_two_datasets_in_one_run_equal_separate_runs(corpus, tiny_models, tmp_path):
+    a, b = split_corpus(corpus, tmp_path)
+    cmd = [sys.executable, "-m", "preprocess", "data",
+           "--dataset", f"en={a}={tmp_path / 'one_a'}", "--dataset", f"zh={b}={tmp_path / 'one_b'}",
+           *model_flags(tiny_models)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Processed") == 2
+    run_cli(a, tmp_path / "sep_a", tiny_models, "--language", "en")
+    run_cli(b, tmp_path / "sep_b", tiny_models, "--language", "zh")
+    assert_same_output(tmp_path / "one_a", tmp_path / "sep_a")
+    assert_same_output(tmp_path / "one_b", tmp_path / "sep_b")
+    stats = json.loads((tmp_path / "one_b" / "stats.json").read_text())
+    assert stats["provenance"]["options"]["language"] == "zh"
+
+
+def test_parse_dataset(tmp_path):
+    spec = parse_dataset("EN=data/m.jsonl", tmp_path)
+    assert spec.output_dir == tmp_path / "en_processed_data" and str(spec.manifest) == "data/m.jsonl"
+    spec = parse_dataset("ko=m.jsonl=/out/ko", tmp_path)
+    assert str(spec.output_dir) == "/out/ko" and spec.language == "ko"
+    with pytest.raises(ValueError):
+        parse_dataset("m.jsonl", tmp_path)
+
+
+def test_shares_are_duration_balanced():
+    frames = sorted(np.random.default_rng(0).integers(50, 1500, size=1000).tolist(), reverse=True)
+    shares = deal_shares(frames, 3)
+    assert sorted(i for s in shares for i in s) == list(range(1000))
+    totals = [sum(frames[i] for i in s) for s in shares]
+    assert max(totals) - min(totals) <= max(frames)
+
+
+def _features(out):
+    lines = read_lines(out / "train_manifest.jsonl") + read_lines(out / "val_manifest.jsonl")
+    return {x["id"]: {k: np.load(out / x[k]) for k in ("codes_path", "condition_path", "emo_vec_path")}
+            for x in lines}
+
+
+def test_two_devices_equal_one_and_survive_a_crash(corpus, tiny_models, tmp_path):
+    run_cli(corpus, tmp_path / "one", tiny_models)
+    # Every worker dies in its second batch: what they finished is merged, the run fails.
+    r = run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu", "--batch-size", "2",
+                env={"PREPROCESS_FAULT": "after_store:2"}, check=False)
+    assert r.returncode == 1 and "rerun" in r.stderr
+    partial = read_lines(tmp_path / "two" / "train_manifest.jsonl")
+    assert 0 < len(partial) < len(GOOD)
+    assert not (tmp_path / "two" / "shards").exists()
+    r = run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu")
+    one, two = _features(tmp_path / "one"), _features(tmp_path / "two")
+    assert one.keys() == two.keys() == {g[0] for g in GOOD}
+    for id_ in one:
+        assert np.array_equal(one[id_]["codes_path"], two[id_]["codes_path"])
+        np.testing.assert_allclose(one[id_]["condition_path"], two[id_]["condition_path"], atol=1e-4)
+        np.testing.assert_allclose(one[id_]["emo_vec_path"], two[id_]["emo_vec_path"], atol=1e-4)
+    for name in ("train_manifest.jsonl", "val_manifest.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert verify_output(tmp_path / "two").ok
+
+
+def test_merge_command_finishes_an_interrupted_merge(corpus, tiny_models, tmp_path):
+    out = tmp_path / "out"
+    r = run_cli(corpus, out, tiny_models, "--devices", "cpu,cpu",
+                env={"PREPROCESS_FAULT": "before_merge:1"}, check=False)
+    assert r.returncode == 137
+    assert (out / "shards").is_dir()
+    r = subprocess.run([sys.executable, "-m", "preprocess", "merge", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"merged {len(GOOD)} utterances" in r.stdout
+    assert not (out / "shards").exists()
+    assert verify_output(out).ok
+    again = subprocess.run([sys.executable, "-m", "preprocess", "merge", str(out)],
+                           capture_output=True, text=True)
+    assert again.returncode == 0 and "merged 0 utterances" in again.stdout
+    # the job itself now finds everything done
+    r = run_cli(corpus, out, tiny_models, "--devices", "cpu,cpu")
+    assert f"{len(GOOD)} already done" in r.stdout
