@@ -426,8 +426,22 @@ def auto_budget(opts: JobOptions, bundle, device: torch.device, max_frames: int)
         from .models.bundle import probe_batch_budget
         cost = probe_batch_budget(bundle, device, max_frames, opts.memory_fraction)
         return Budget(cost=cost)
-    # CPU: memory is plentiful; beyond a few thousand frames a batch only adds latency.
-    return Budget(cost=batch_cost(1, 4096))
+    return Budget(cost=cpu_budget())
+
+
+CPU_BYTES_PER_COST = 256 * 1024  # activation bytes per frame of the full-size set, with headroom
+
+
+def cpu_budget() -> float:
+    """On CPU, memory is rarely the limit: a batch only needs enough rows to keep every core's
+    matrix products busy (about 2,048 frames per core), capped by a quarter of the RAM.
+    Fixed for a machine, so the batches of a resumed run are those of an uninterrupted one."""
+    cores = os.cpu_count() or 1
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 << 30
+    return float(max(batch_cost(1, 1024), min(batch_cost(1, 2048 * cores), ram / 4 / CPU_BYTES_PER_COST)))
 
 
 # -- writer ---------------------------------------------------------------------------------

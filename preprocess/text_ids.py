@@ -113,7 +113,7 @@ class TextIdsSummary:
 
 def regenerate_text_ids(out_dir: str | os.PathLike, tokenizer: str | os.PathLike,
                         language: str | None = None, progress: bool = True, *,
-                        force: bool = False, workers: int = 1, chunk: int = 256) -> TextIdsSummary:
+                        force: bool = False, workers: int = 1, chunk: int = 1024) -> TextIdsSummary:
     """Re-tokenise every record of the finished output `out_dir` with `tokenizer` (see the
     module docstring). `language` overrides the original run's language option. `workers` > 1
     tokenises in that many processes; `chunk` records are made durable at a time.
@@ -125,11 +125,11 @@ def regenerate_text_ids(out_dir: str | os.PathLike, tokenizer: str | os.PathLike
         raise TextIdsError(f"tokenizer {tokenizer} not found")
     header = _check_output(out)
     fmt = "zarr" if (out / STORE_DIR).exists() else "npy"
-    if fmt == "zarr":
-        _check_exchange(out)
     output = OutputDir(out, header, lambda: _open_store(out, fmt))  # the lock, and repairs
     summary = TextIdsSummary(out, fmt, str(tokenizer))
     try:
+        if fmt == "zarr":
+            _check_exchange(out)
         finished = _finish_interrupted(out, output)
         summary.rolled_forward = finished is not None
         prov = _read_provenance(out)
@@ -144,9 +144,10 @@ def regenerate_text_ids(out_dir: str | os.PathLike, tokenizer: str | os.PathLike
         summary.records = len(lines)
         old_fp = Journal.read_fingerprint(out)
         summary.fingerprint = old_fp
-        if (not force and prov["files"]["tokenizer"].get("sha256") == tok.sha256
-                and (language is None or language == options.get("language"))):
-            if finished is not None:  # the interrupted run was this one: report it
+        same = (prov["files"]["tokenizer"].get("sha256") == tok.sha256
+                and (language is None or language == options.get("language")))
+        if same and (finished is not None or not force):
+            if finished is not None:  # the interrupted run was this very one: report it
                 run = finished["run"]
                 summary.records, summary.rejected = run["records"], run["rejected"]
                 summary.changed_length = run["changed_length"]
@@ -385,9 +386,12 @@ def _encode(todo: list[dict], tok, default_language, workers: int, chunk: int):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
-                             initializer=_init_worker, initargs=(tok.bpe_model_path,)) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(tok.bpe_model_path,))
+    try:
         yield from zip(batches, pool.map(_encode_texts, jobs))
+    finally:  # on an interruption, drop the chunks not started
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # -- B, C: prepare and commit ------------------------------------------------------------------

@@ -15,7 +15,7 @@ from test_pipeline import GOOD, cli_args, corpus, read_lines, run_cli  # noqa: F
 import preprocess.text_ids as text_ids
 from preprocess.pairs import build_pairs
 from preprocess.provenance import fingerprint_of, sha256_file
-from preprocess.store.journal import Journal
+from preprocess.store.journal import ConfigMismatch, Journal
 from preprocess.store.reader import FeatureReader
 from preprocess.text import TextTokenizer
 from preprocess.verify import verify_output
@@ -268,7 +268,10 @@ def test_kill_anywhere_then_rerun_equals_uninterrupted(fmt, fault, bases, refere
         assert len(listed) == 4  # two chunks of two
 
     monkeypatch.undo()
-    summary = text_ids.regenerate_text_ids(out, tokenizers["small"], progress=False, chunk=2)
+    # one resume tokenises in worker processes: same bytes as in-process
+    workers = 2 if (fmt, name) == ("npy", "text_ids_after_stage") else 1
+    summary = text_ids.regenerate_text_ids(out, tokenizers["small"], progress=False, chunk=2,
+                                           workers=workers)
     if name == "text_ids_after_stage":
         assert (summary.resumed, summary.computed) == (4, len(GOOD) - 4)
     assert not summary.up_to_date and summary.rejected == 4
@@ -276,36 +279,50 @@ def test_kill_anywhere_then_rerun_equals_uninterrupted(fmt, fault, bases, refere
 
 
 def test_cli_kill_after_commit_blocks_the_main_job_until_rerun(bases, references, tokenizers,
-                                                               corpus, tiny_models, tmp_path):
+                                                               tmp_path):
     out = copy_of(bases["zarr"], tmp_path)
+    before = Journal.read_fingerprint(out)
     r = run_text_ids(out, tokenizers["small"], env={"PREPROCESS_FAULT": "text_ids_after_swap:1"})
     assert r.returncode == 137, r.stderr
-    # store swapped, manifests not yet: preprocess-data must not touch this directory
-    r = run_cli(corpus, out, tiny_models, "--format", "zarr", "--max-text-len", str(MAX_TEXT_LEN),
-                check=False)
-    assert r.returncode == 2 and "other settings" in r.stderr
+    # store swapped, manifests not yet: preprocess-data (old or new settings) must refuse;
+    # OutputDir opens the journal exactly so
+    new = json.loads((out / text_ids.MARKER).read_text())["new_fingerprint"]
+    for fingerprint in (before, new):
+        with pytest.raises(ConfigMismatch, match="other settings"):
+            Journal.open(out, fingerprint)
     r = run_text_ids(out, tokenizers["small"], "--strict")
     assert r.returncode == 1, r.stderr  # finished; --strict reports the rejects
     assert "after finishing an interrupted commit" in r.stdout and "4 rejected" in r.stdout
     assert snapshot(out) == snapshot(references["zarr"])
 
 
+def invoke(*args):
+    """The click command in this process (the subprocess path is tested above)."""
+    from click.testing import CliRunner
+
+    from preprocess.cli import main
+
+    return CliRunner().invoke(main, ["text-ids", *map(str, args), "--quiet"])
+
+
 def test_cli_language_override_and_errors(bases, tokenizers, tmp_path):
     out = copy_of(bases["npy"], tmp_path)
-    r = run_text_ids(out, tokenizers["mid"], "--language", "en")
-    assert r.returncode == 0, r.stderr
-    assert "--language en" in r.stdout and "8 utterances kept" in r.stdout
+    r = invoke(out, "--tokenizer", tokenizers["mid"], "--language", "ja")
+    assert r.exit_code == 0, r.output
+    assert "--language ja" in r.output and "8 utterances kept" in r.output
     fresh = TextTokenizer(tokenizers["mid"])
     lines = all_lines(out)
-    assert any(fresh.encode(x["text"], "en") != fresh.encode(x["text"], x["language"]) for x in lines)
+    assert any(fresh.encode(x["text"], "ja") != fresh.encode(x["text"], x["language"]) for x in lines)
     for line in lines:
-        assert np.load(out / line["text_ids_path"]).tolist() == fresh.encode(line["text"], "en")
+        assert np.load(out / line["text_ids_path"]).tolist() == fresh.encode(line["text"], "ja")
     prov = json.loads((out / "stats.json").read_text())["provenance"]
-    assert prov["options"]["language"] == "en"
+    assert prov["options"]["language"] == "ja"
     assert Journal.read_fingerprint(out) == fingerprint_of(prov)
     assert verify_output(out).ok
 
-    r = run_text_ids(out, tmp_path / "missing.model")
-    assert r.returncode == 2 and "not found" in r.stderr
-    r = run_text_ids(tmp_path / "nowhere", tokenizers["mid"])
-    assert r.returncode == 2 and "error:" in r.stderr
+    r = invoke(out, "--tokenizer", tmp_path / "missing.model")
+    assert r.exit_code == 2 and "not found" in r.output
+    r = invoke(tmp_path / "nowhere", "--tokenizer", tokenizers["mid"])
+    assert r.exit_code == 2 and "not a directory" in r.output
+    r = invoke(out, "--tokenizer", tokenizers["mid"], "--language", "ja")
+    assert r.exit_code == 0 and "nothing to do" in r.output
