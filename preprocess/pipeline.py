@@ -176,7 +176,7 @@ def prepare_one(item: WorkItem, language: str | None) -> Prepared | Reject:
             return reject("limits", f"duration {seconds:.3f} s outside "
                                     f"[{lim.min_duration}, {lim.max_duration}] s")
         wave16 = to_16k(wave, sr, _worker["resample"])
-        n_frames, frames, valid = frame_counts(len(wave16))
+        _, frames, valid = frame_counts(len(wave16))
         if (valid - 1) // 2 < 1:
             return reject("limits", f"audio too short for the conditioning encoders "
                                     f"({len(wave16)} samples at 16 kHz)")

@@ -58,13 +58,12 @@ from .pairs import PAIR_FILES
 from .provenance import fingerprint_of
 from .store.dataset import MANIFESTS, REJECTS, STATS, OutputDir, dumps_line, fault_point
 from .store.fsutil import append_durable, fsync_dir, npy_bytes, syncfs, write_atomic
-from .store.journal import PROGRESS_FILE, Journal
+from .store.journal import PENDING, PROGRESS_FILE, Journal
 from .store.npy import NpyStore, fanout
 
 PROGRESS = ".text_ids_progress.txt"
 MARKER = ".text_ids_commit.json"
 STAGING = ".text_ids_staging"
-PENDING = "text-ids-pending:"
 STAGE = "text-ids"
 STORE_DIR = "features.zarr"
 _PROGRESS_HEADER = "# text-ids "

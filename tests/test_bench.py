@@ -47,7 +47,8 @@ def test_corpus_and_end_to_end(report):
     # batch size 2 over three different lengths: the second item of the first batch is padded
     assert e["batches"] == 2 and len(e["batch_seconds"]) == 2
     assert 0 < e["padding_efficiency"] < 1
-    assert e["warmup_seconds"] + e["window_seconds"] + e["tail_seconds"] == pytest.approx(e["wall_seconds"], abs=2e-3)
+    parts = e["warmup_seconds"] + e["window_seconds"] + e["tail_seconds"]
+    assert parts == pytest.approx(e["wall_seconds"], abs=2e-3)
     assert 0 < e["device_busy_fraction"] <= 1.0 + 1e-6
     assert e["model_seconds"] <= e["device_seconds"] + 1e-3
     assert {"hash_inputs", "plan", "load_models", "device", "write"} <= set(e["stage_seconds"])
@@ -88,3 +89,13 @@ def test_precision_compare(report):
     for name in ("condition", "emo_vec"):
         d = p[name]
         assert 0 < d["mean_abs_diff"] <= d["max_abs_diff"] < 10 * d["fp32_mean_abs"]
+
+
+def test_plan_mode_matches_the_run(report, capsys):
+    """Plan mode (durations only, no audio or models) forms the batches the job ran."""
+    r, _ = report
+    plan = bench.main(["--mode", "plan", "--generate", "3", "--min-seconds", "1", "--max-seconds", "2.5",
+                       "--batch-size", "2"])["plan"]
+    assert plan["utterances"] == 3 and plan["batches"] == r["end_to_end"]["batches"]
+    assert plan["audio_seconds"] == pytest.approx(r["corpus"]["audio_seconds"], abs=1e-3)
+    assert plan["padding_efficiency"] == pytest.approx(r["end_to_end"]["padding_efficiency"], abs=0.02)

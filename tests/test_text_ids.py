@@ -288,7 +288,7 @@ def test_cli_kill_after_commit_blocks_the_main_job_until_rerun(bases, references
     # OutputDir opens the journal exactly so
     new = json.loads((out / text_ids.MARKER).read_text())["new_fingerprint"]
     for fingerprint in (before, new):
-        with pytest.raises(ConfigMismatch, match="other settings"):
+        with pytest.raises(ConfigMismatch, match="rerun that command"):
             Journal.open(out, fingerprint)
     r = run_text_ids(out, tokenizers["small"], "--strict")
     assert r.returncode == 1, r.stderr  # finished; --strict reports the rejects

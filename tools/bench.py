@@ -196,14 +196,18 @@ def model_paths(models_dir: Path) -> ModelPaths:
                               semantic_codec=models_dir / "semantic_codec" / "model.safetensors")
 
 
+def draw_durations(count: int, min_seconds: float, max_seconds: float, seed: int = 0,
+                   spread: str = "uniform") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if spread == "log-uniform":
+        return np.exp(rng.uniform(math.log(min_seconds), math.log(max_seconds), count))
+    return rng.uniform(min_seconds, max_seconds, count)
+
+
 def generate_corpus(out: Path, count: int, min_seconds: float, max_seconds: float, seed: int = 0,
                     spread: str = "uniform") -> tuple[Path, float]:
     """Synthetic utterances with durations spread between the bounds -> (manifest, audio seconds)."""
-    rng = np.random.default_rng(seed)
-    if spread == "log-uniform":
-        durations = np.exp(rng.uniform(math.log(min_seconds), math.log(max_seconds), count))
-    else:
-        durations = rng.uniform(min_seconds, max_seconds, count)
+    durations = draw_durations(count, min_seconds, max_seconds, seed, spread)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     lines, total = [], 0.0
     for i, seconds in enumerate(durations):
@@ -498,6 +502,36 @@ def precision_compare(bundle: ModelBundle | None, paths: ModelPaths, layer: int,
             **compare_outputs(reference, other)}
 
 
+def plan_only(args) -> dict:
+    """Padding of the batches the job would form, without models: for the `--manifest` (durations
+    from audio headers) or for `--generate N` drawn durations (no audio written), under the CPU
+    budget, --batch-size, or --budget-cost (e.g. a cost a GPU run measured)."""
+    from preprocess.batching import frames_for_seconds, padding_efficiency
+
+    opts = pipeline.JobOptions(manifest=args.manifest or Path("-"), output_dir=Path("-"), models=None,
+                               tokenizer=Path("-"), batch_size=args.batch_size)
+    if args.manifest is not None:
+        plan = pipeline.make_plan(opts, set(), set())
+        frames, seconds = plan.frames, plan.seconds
+    else:
+        seconds = sorted(draw_durations(args.generate, args.min_seconds, args.max_seconds, args.seed,
+                                        args.spread).tolist(), reverse=True)
+        frames = [max(1, frames_for_seconds(x)) for x in seconds]
+        plan = pipeline.Plan(items=[None] * len(frames), frames=frames, seconds=seconds,
+                             todo=[True] * len(frames), rejects=[], skipped_done=0, line_of={})
+    if args.budget_cost:
+        budget = Budget(cost=args.budget_cost)
+    else:
+        budget = pipeline.auto_budget(opts, None, torch.device("cpu"), max(frames))
+    batches = plan.batches(budget)
+    sizes = [len(b) for b in batches]
+    n = len(frames)
+    return {"utterances": n, "audio_seconds": round(sum(seconds), 3), "budget_cost": budget.cost,
+            "max_items": budget.max_items, "batches": len(batches),
+            "items_per_batch": {"min": min(sizes), "mean": round(n / len(batches), 2), "max": max(sizes)},
+            "padding_efficiency": padding_efficiency([[frames[i] for i in b] for b in batches])}
+
+
 # -- main -----------------------------------------------------------------------------------
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -517,26 +551,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--precision", choices=tuple(pipeline.PRECISIONS), default="fp32")
     ap.add_argument("--batch-size", type=int, default=0, help="0: the job's automatic budget")
     ap.add_argument("--workers", type=int, default=0, help="CPU worker processes, 0: automatic")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads of the main process, 0: torch's default")
-    ap.add_argument("--mode", choices=("end-to-end", "model-only", "both"), default="both")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of the main process, 0: torch's default")
+    ap.add_argument("--mode", choices=("end-to-end", "model-only", "both", "plan"), default="both",
+                    help="plan: padding of the planned batches only, for --generate N durations")
+    ap.add_argument("--budget-cost", type=float, default=None,
+                    help="plan mode: batch cost budget (batching.batch_cost units) instead of the CPU one")
     ap.add_argument("--format", choices=("npy", "zarr"), default="npy")
     ap.add_argument("--precision-compare", choices=("bf16", "fp16"), default=None,
                     help="also run the model-only batches in fp32 and in this precision and compare")
-    ap.add_argument("--out", type=Path, default=None, help="work directory (default: a temporary one, removed)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="work directory (default: a temporary one, removed)")
     return ap.parse_args(argv)
 
 
 def main(argv=None) -> dict:
+    """Run the benchmark that `argv` asks for; print the report as JSON and return it."""
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine_info(),
+              "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    if args.mode == "plan":
+        report["plan"] = plan_only(args)
+    else:
+        report.update(benchmark(args))
+    print(json.dumps(report, indent=1))
+    return report
+
+
+def benchmark(args) -> dict:
     load = HostLoad()
+    report: dict = {}
     work = args.out or Path(tempfile.mkdtemp(prefix="preprocess-bench-"))
     models_dir = args.models or Path(tempfile.gettempdir()) / f"preprocess-bench-models-{args.size}"
     try:
-        report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine_info(),
-                        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
         models_dir, made = ensure_models(models_dir, args.size, args.seed)
         paths = model_paths(models_dir)
         if args.manifest is not None:
@@ -586,7 +636,6 @@ def main(argv=None) -> dict:
     finally:
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(report, indent=1))
     return report
 
 

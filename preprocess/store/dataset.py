@@ -16,7 +16,7 @@ from typing import Iterable
 
 from ..manifest import Reject, read_output_manifest
 from .fsutil import append_durable, write_atomic
-from .journal import PROGRESS_FILE, ConfigMismatch, Journal
+from .journal import PROGRESS_FILE, ConfigMismatch, Journal, TextIdsPending
 from .npy import FEATURE_DIRS, UtteranceFeatures
 
 MANIFESTS = {"train": "train_manifest.jsonl", "val": "val_manifest.jsonl"}
@@ -27,7 +27,8 @@ CONDITION_LEN = 32
 PATH_KEYS = ("text_ids_path", "codes_path", "condition_path", "emo_vec_path")
 # Everything this tool may have written; --force removes exactly these and nothing else.
 OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *FEATURE_DIRS, "features.zarr",
-         "gpt_pairs_train.jsonl", "gpt_pairs_val.jsonl", "report.json", "shards")
+         "gpt_pairs_train.jsonl", "gpt_pairs_val.jsonl", "report.json", "shards",
+         ".text_ids_progress.txt", ".text_ids_commit.json", ".text_ids_staging")
 
 
 _fault_counts: dict[str, int] = {}
@@ -89,6 +90,8 @@ class OutputDir:
                                "choose an empty directory or pass --force to replace them")
         try:
             self.journal = Journal.open(self.path, fingerprint)
+        except TextIdsPending:
+            raise
         except ConfigMismatch as e:
             raise ConfigMismatch(f"{e}; rerun with the original settings to resume, "
                                  "or pass --force to start over") from None

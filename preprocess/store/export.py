@@ -47,7 +47,9 @@ def _write_npy_provenance(src_out: Path, dest: Path, ids: list[str]) -> None:
 
     try:
         provenance = json.loads((src_out / STATS).read_text(encoding="utf-8"))["provenance"]
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError):  # not written by a finished run: copy what is there
+        if (src_out / STATS).exists():
+            write_atomic(dest / STATS, (src_out / STATS).read_bytes())
         return
     options = provenance.get("options", {})
     options.update(format="npy", latent_dtype="float32")

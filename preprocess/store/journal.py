@@ -14,10 +14,15 @@ from .fsutil import append_durable, write_atomic
 
 PROGRESS_FILE = ".preprocessing_progress.txt"
 _HEADER = "# fingerprint "
+PENDING = "text-ids-pending:"  # set by `preprocess text-ids` while it swaps the text ids
 
 
 class ConfigMismatch(Exception):
     """The output directory was made with settings that would give different outputs."""
+
+
+class TextIdsPending(ConfigMismatch):
+    """`preprocess text-ids` is between swapping text ids and rewriting the manifests."""
 
 
 class Journal:
@@ -37,6 +42,9 @@ class Journal:
         if not lines[0].startswith(_HEADER):
             raise ConfigMismatch(f"{path} was not written by this tool (no fingerprint line)")
         found = lines[0][len(_HEADER):].strip()
+        if found != fingerprint and found.startswith(PENDING):
+            raise TextIdsPending(f"{path.parent}: an interrupted `preprocess text-ids` run is "
+                                 "being committed; rerun that command to finish it first")
         if found != fingerprint:
             raise ConfigMismatch(
                 f"{path.parent} holds outputs made with other settings "
