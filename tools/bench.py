@@ -2,14 +2,15 @@
 
     python tools/bench.py [--size tiny|full] [--models DIR] [--manifest M | --generate N
         --min-seconds 1 --max-seconds 30] [--device auto|cpu|cuda] [--precision fp32|bf16|fp16]
-        [--batch-size 0] [--workers 0] [--mode end-to-end|model-only|both] [--format npy|zarr]
-        [--precision-compare bf16|fp16] [--out DIR]
+        [--batch-size 0] [--workers 0] [--threads 0] [--mode end-to-end|model-only|both|plan]
+        [--format npy|zarr] [--precision-compare bf16|fp16] [--out DIR]
 
 Modes (both run the batches that `make_plan` + `Plan.batches` form under the job's budget):
   end-to-end  `run_job` on the manifest: decode, resample, fbank, text ids, models, store.
   model-only  the same batches through `ModelBundle.run` on inputs prepared beforehand (decode,
               resample, fbank and collate happen outside the timing; one untimed warm-up batch).
   both        the two, then pipeline efficiency = end-to-end rate / model-only rate.
+  plan        padding efficiency of the planned batches only (no audio decoded, no models).
 
 Time line of an end-to-end run (batches in the order the device runs them, longest first):
   warm-up     from the start (hashing model files for provenance) to the end of the first
@@ -338,6 +339,7 @@ def run_end_to_end(opts: pipeline.JobOptions, log: RunLog, layer: int = 17) -> t
     valid = summary.audio_seconds
     result = {
         "utterances": summary.processed, "rejected": summary.rejected,
+        "workers": pipeline.resolve_workers(opts.workers), "main_torch_threads": torch.get_num_threads(),
         "audio_seconds": round(valid, 3), "wall_seconds": round(wall, 3),
         "audio_seconds_per_second": valid / wall if wall else 0.0,
         "utterances_per_second": summary.processed / wall if wall else 0.0,
