@@ -84,6 +84,11 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
         fail("--manifest and --output-dir are required (or one --dataset LANG=MANIFEST[=OUT] per dataset)")
     if not tokenizer.is_file():
         fail(f"tokenizer {tokenizer} not found (pass the SentencePiece bpe.model with --tokenizer)")
+    from .pipeline import resolve_device
+    try:
+        resolve_device(device)
+    except (RuntimeError, ValueError) as e:
+        fail(str(e))
     try:
         models = ModelPaths.resolve(config, gpt_checkpoint, w2v_stats, w2v_bert, semantic_codec)
     except (MissingModelFile, ValueError) as e:

@@ -343,7 +343,10 @@ def make_plan(opts: JobOptions, done: set[str], rejected_lines: set[int]) -> Pla
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {name}: no CUDA device is available")
     return dev
@@ -516,7 +519,8 @@ def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
     if provenance is None:
         provenance = describe_inputs(opts.models, opts.tokenizer, opts.output_dir)
     provenance = {**provenance, "options": output_options(opts)}
-    output = OutputDir(opts.output_dir, fingerprint_of(provenance), lambda: open_store(opts.output_dir, opts.format, opts.latent_dtype),
+    output = OutputDir(opts.output_dir, fingerprint_of(provenance),
+                       lambda: open_store(opts.output_dir, opts.format, opts.latent_dtype),
                        force=opts.force)
     summary = RunSummary(opts.output_dir)
     try:

@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -99,3 +100,53 @@ def test_plan_mode_matches_the_run(report, capsys):
     assert plan["utterances"] == 3 and plan["batches"] == r["end_to_end"]["batches"]
     assert plan["audio_seconds"] == pytest.approx(r["corpus"]["audio_seconds"], abs=1e-3)
     assert plan["padding_efficiency"] == pytest.approx(r["end_to_end"]["padding_efficiency"], abs=0.02)
+
+
+@pytest.mark.parametrize("fmt, dtype", [("npy", "float32"), ("zarr", "float32"), ("zarr", "float16")])
+def test_store_mode(fmt, dtype, tmp_path, capsys):
+    """Store mode writes N synthetic utterances through OutputDir and reads them back."""
+    from preprocess.store.reader import FeatureReader
+
+    n, reads = 300, 50
+    r = bench.main(["--mode", "store", "--format", fmt, "--latent-dtype", dtype, "--generate", str(n),
+                    "--batch-size", "64", "--reads", str(reads), "--out", str(tmp_path)])
+    assert json.loads(capsys.readouterr().out)["store"] == json.loads(json.dumps(r["store"]))
+    s = r["store"]
+    w, disk, rd = s["write"], s["disk"], s["read"]
+    t = w["totals"]
+    assert w["utterances"] == n and w["batch_size"] == 64
+    assert w["flush_rows"] == (1024 if fmt == "zarr" else None)
+    assert 10 * n <= t["text_ids"] <= 150 * n and 50 * n <= t["codes"] <= 1500 * n
+    assert t["feature_bytes"] == 4 * (t["text_ids"] + t["codes"]) + n * 4 * (32 * 1280 + 1280)
+    assert w["utterances_per_second"] == pytest.approx(n / w["seconds"], rel=5e-3)
+    assert w["feature_mib_per_second"] == pytest.approx(t["feature_bytes"] / bench.MIB / w["seconds"], rel=5e-3)
+    assert w["open_seconds"] + w["commit_seconds"] + w["finalize_close_seconds"] <= w["seconds"] + 1e-2
+    if fmt == "npy":
+        assert disk["feature_files"] == 4 * n
+    else:  # the packed store: as many files as the layout predicts, a handful here
+        assert disk["feature_files"] == disk["estimated_feature_files"] < 30
+    # random floats do not compress: float32 near raw size, float16 about half
+    ratio = disk["bytes"] / t["feature_bytes"]
+    assert (0.45 < ratio < 0.6) if dtype == "float16" else (0.85 < ratio < 1.1)
+
+    assert rd["item_shapes"]["condition"] == [32, 1280] and rd["item_shapes"]["emo_vec"] == [1280]
+    assert rd["evicted_files"] == disk["files"]
+    for key in ("warm", "cold"):
+        lat = rd[key]
+        assert lat["reads"] == reads and 0 < lat["median_ms"] <= lat["p95_ms"] <= lat["max_ms"]
+    assert rd["bulk_codes"] == {**rd["bulk_codes"], "utterances": n, "codes": t["codes"]}
+    assert r["load"]["wall_seconds"] > 0
+
+    with FeatureReader.open(tmp_path / "store") as reader:   # --out keeps the store
+        assert len(reader) == n and int(reader.code_lens().sum()) == t["codes"]
+        lens = reader.text_lens()
+        assert lens.min() >= 10 and lens.max() <= 150
+        item = reader[n - 1]
+        assert item["id"] == f"store_{n - 1:07d}" and 0 <= item["codes"].min() <= item["codes"].max() < 8192
+        assert item["condition"].dtype == np.float32 and 0.9 < item["condition"].std() < 1.1
+
+
+def test_store_mode_rejects_float16_npy(tmp_path):
+    with pytest.raises(SystemExit, match="float16"):
+        bench.main(["--mode", "store", "--format", "npy", "--latent-dtype", "float16", "--generate", "2",
+                    "--out", str(tmp_path)])

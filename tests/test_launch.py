@@ -104,3 +104,17 @@ def test_merge_command_finishes_an_interrupted_merge(corpus, tiny_models, tmp_pa
     # the job itself now finds everything done
     r = run_cli(corpus, out, tiny_models, "--devices", "cpu,cpu")
     assert f"{len(GOOD)} already done" in r.stdout
+
+
+def test_two_devices_with_the_packed_format(corpus, tiny_models, tmp_path):
+    from preprocess.store import open as open_features
+
+    run_cli(corpus, tmp_path / "one", tiny_models)
+    run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu", "--format", "zarr")
+    assert verify_output(tmp_path / "two").ok
+    a, b = open_features(tmp_path / "one"), open_features(tmp_path / "two")
+    assert sorted(a.ids) == sorted(b.ids)
+    for id_ in a.ids:
+        assert np.array_equal(a[id_]["codes"], b[id_]["codes"])
+        assert np.array_equal(a[id_]["text_ids"], b[id_]["text_ids"])
+        np.testing.assert_allclose(a[id_]["condition"], b[id_]["condition"], atol=1e-4)
