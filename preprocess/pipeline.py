@@ -544,7 +544,6 @@ def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
             TextNormalizer().load("zh")  # compiles the grammar cache once, before workers need it
             _process(opts, plan, bundle, device, budget, output, summary, on_progress)
         output.finalize(plan.line_of)
-        provenance["vocab_size"] = _vocab_size(opts.tokenizer)
         summary.stats = write_stats(opts.output_dir, provenance,
                                     run={"processed": summary.processed,
                                          "skipped_done": summary.skipped_done,
@@ -554,11 +553,6 @@ def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
         output.close()
     summary.wall_seconds = time.perf_counter() - t_start
     return summary
-
-
-def _vocab_size(tokenizer: Path) -> int:
-    import sentencepiece as spm
-    return spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
 
 
 def resolve_workers(n: int) -> int:

@@ -59,8 +59,11 @@ def describe_inputs(models, tokenizer: str | os.PathLike, out_dir: str | os.Path
     described = {name: {"path": str(p), "sha256": sha256_file(p, cache), "bytes": p.stat().st_size}
                  for name, p in files.items()}
     write_atomic(cache_path, json.dumps(cache, indent=1).encode(), fsync=False)
+    import sentencepiece as spm
+
+    vocab = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
     return {"tokenizer": str(tokenizer), "gpt_checkpoint": str(models.gpt_checkpoint),
-            "files": described, "versions": package_versions()}
+            "vocab_size": vocab, "files": described, "versions": package_versions()}
 
 
 def fingerprint_of(provenance: dict) -> str:
