@@ -69,8 +69,12 @@ class SharedModels:
         return self.bundle
 
 
+def _print(message: str, err: bool = False) -> None:
+    print(message, file=sys.stderr if err else sys.stdout)
+
+
 def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: str | None = None,
-                 strict: bool = False, echo=print) -> int:
+                 strict: bool = False, echo=_print) -> int:
     """Run every dataset in turn; returns the process exit code."""
     from .provenance import describe_inputs
 

@@ -168,11 +168,6 @@ def is_val(id_: str, ratio: float) -> bool:
     return split_fraction(id_) < ratio
 
 
-def shard_of(id_: str, num_shards: int) -> int:
-    """Stable shard index of an id (used where durations are unknown)."""
-    return int(hashlib.sha1(id_.encode("utf-8")).hexdigest()[:8], 16) % num_shards
-
-
 def read_output_manifest(path: str | os.PathLike, require_id: bool = True) -> tuple[list[dict], int]:
     """Objects of a JSONL file we wrote; a torn or malformed line (a crash mid-append) is dropped.
     Returns (objects, number of dropped lines)."""

@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,9 +32,12 @@ from . import __version__
 from .batching import Budget, batch_cost, frames_for_seconds, take_batch
 from .manifest import Record, Reject, is_val, read_manifest, resolve_audio
 from .store.dataset import OutputDir
-from .store.npy import NpyStore, UtteranceFeatures
 from .provenance import fingerprint_of
+from .store.npy import NpyStore, UtteranceFeatures
 from .store.stats import write_stats
+
+if TYPE_CHECKING:  # the CPU workers import this module; they need no model code
+    from .models.bundle import ModelPaths
 
 CHUNK = 32  # records per CPU task
 
@@ -50,7 +54,7 @@ class Limits:
 class JobOptions:
     manifest: Path
     output_dir: Path
-    models: "ModelPaths"
+    models: ModelPaths
     tokenizer: Path
     language: str | None = None
     val_ratio: float = 0.01
@@ -432,7 +436,7 @@ def auto_budget(opts: JobOptions, bundle, device: torch.device, max_frames: int)
     return Budget(cost=cpu_budget())
 
 
-CPU_BYTES_PER_COST = 256 * 1024  # activation bytes per frame of the full-size set, with headroom
+CPU_BYTES_PER_COST = 256 * 1024  # estimated activation bytes per frame of the full-size set
 
 
 def cpu_budget() -> float:

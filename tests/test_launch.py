@@ -1,7 +1,6 @@
 """Several datasets in one run; one worker per device with shards merged; `preprocess merge`."""
 
 import json
-import shutil
 import subprocess
 import sys
 

@@ -171,7 +171,7 @@ def test_resume_after_sigkill(reference_run, corpus, tiny_models, tmp_path):
 def test_rerun_is_a_noop_and_changed_settings_are_refused(reference_run, corpus, tiny_models, tmp_path):
     run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3")
     r = run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3")
-    assert f"Processed 0 utterances" in r.stdout and f"{len(GOOD)} already done" in r.stdout
+    assert "Processed 0 utterances" in r.stdout and f"{len(GOOD)} already done" in r.stdout
     assert_same_output(reference_run, tmp_path)
     r = run_cli(corpus, tmp_path, tiny_models, "--val-ratio", "0.5", check=False)
     assert r.returncode == 2 and "--force" in r.stderr and "other settings" in r.stderr
@@ -181,7 +181,6 @@ def test_rerun_is_a_noop_and_changed_settings_are_refused(reference_run, corpus,
 
 
 def test_bad_input_becomes_rejects(corpus, tiny_models, tmp_path):
-    root = corpus.parent
     bad = tmp_path / "bad"
     bad.mkdir()
     write_clip(bad / "short.wav", 16000, 0.05, 1)
@@ -229,12 +228,12 @@ def test_bad_input_becomes_rejects(corpus, tiny_models, tmp_path):
     assert stats["rejected"] == len(expect)
     assert "13 rejects in all" in r.stdout
     # a rerun neither retries nor duplicates the rejects
-    r = run_cli(manifest, out, tiny_models, "--max-duration", "6", "--max-text-len", "40")
+    run_cli(manifest, out, tiny_models, "--max-duration", "6", "--max-text-len", "40")
     assert len(read_lines(out / "rejects.jsonl")) == len(expect)
 
 
 def test_code_limit_rejects(corpus, tiny_models, tmp_path):
-    r = run_cli(corpus, tmp_path, tiny_models, "--max-code-len", "100")
+    run_cli(corpus, tmp_path, tiny_models, "--max-code-len", "100")
     rejected = {x["id"] for x in read_lines(tmp_path / "rejects.jsonl")}
     assert rejected == {g[0] for g in GOOD if g[4] * 50 > 100}
     assert all("codes exceed" in x["reason"] for x in read_lines(tmp_path / "rejects.jsonl"))
@@ -277,8 +276,8 @@ def test_verify_catches_planted_corruption(reference_run, tmp_path):
 
 
 def test_worker_crash_becomes_a_reject(corpus, tiny_models, tmp_path):
-    r = run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3",
-                env={"PREPROCESS_FAULT": "prepare:zh_b_0"})
+    run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3",
+            env={"PREPROCESS_FAULT": "prepare:zh_b_0"})
     rejects = read_lines(tmp_path / "rejects.jsonl")
     assert [(x["id"], x["stage"]) for x in rejects] == [("zh_b_0", "prepare")]
     assert "worker process died" in rejects[0]["reason"]
