@@ -21,13 +21,12 @@ from pathlib import Path
 from .manifest import Reject, read_output_manifest
 from .pipeline import JobOptions, RunSummary, make_plan, open_store, output_options, run_job
 from .provenance import fingerprint_of
-from .store.dataset import (MANIFESTS, PATH_KEYS, REJECTS, ConfigMismatch, OutputDir,
+from .contract import MANIFESTS, PATH_KEYS, REJECTS, SHARDS, STATS
+from .store.dataset import (ConfigMismatch, OutputDir,
                             OutputExists, fault_point)
 from .store.fsutil import syncfs
 from .store.journal import Journal
 from .store.stats import write_stats
-
-SHARDS = "shards"
 
 
 class WorkerFailed(RuntimeError):
@@ -284,7 +283,6 @@ def merge_command(out: Path) -> int:
 def _stats_provenance(*dirs: Path) -> dict:
     """The provenance recorded by the first of `dirs` that finished a stats.json."""
     import json
-    from .store.dataset import STATS
     for d in dirs:
         try:
             return json.loads((d / STATS).read_text())["provenance"]

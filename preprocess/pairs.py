@@ -52,10 +52,10 @@ from typing import Iterator
 
 import numpy as np
 
-from .store.dataset import CONDITION_LEN, MANIFESTS
+from .contract import (CODEBOOK_SIZE, CONDITION_LEN, MANIFESTS, MAX_CODE_LEN, MAX_TEXT_LEN, MODEL_DIM,
+                       PAIR_FILES, PATH_KEYS)
 from .store.fsutil import fsync_dir, write_atomic
 
-PAIR_FILES = {"train": "gpt_pairs_train.jsonl", "val": "gpt_pairs_val.jsonl"}
 REPORT = "report.json"
 
 PAIR_KEYS = (
@@ -66,14 +66,6 @@ PAIR_KEYS = (
     "target_codes_path", "target_code_len", "target_emo_vec_path",
 )
 
-# Trainer limits (contract §10): mel_pos_embedding 1818 rows, text_pos_embedding 602 rows,
-# each minus the start and stop tokens.
-MAX_CODE_LEN = 1816
-MAX_TEXT_LEN = 600
-CODEBOOK_SIZE = 8192
-MODEL_DIM = 1280
-
-_PATH_KEYS = ("text_ids_path", "codes_path", "condition_path", "emo_vec_path")
 _MAX_ERRORS = 1000       # per manifest in report.json; the rest are counted
 _MAX_NAMES = 100         # single-utterance speakers listed by name in report.json
 
@@ -126,7 +118,7 @@ def _error(line: int, message: str, raw: bytes, column=None, char=None) -> dict:
 
 
 def _record_problem(obj: dict) -> str | None:
-    for key in _PATH_KEYS:
+    for key in PATH_KEYS:
         if not isinstance(obj.get(key), str) or not obj[key]:
             return f"missing or empty {key!r}"
     for key in ("text_len", "code_len"):
@@ -145,7 +137,7 @@ def _packed_error(path: Path) -> PairError:
 
 
 def _is_packed(obj: dict) -> bool:
-    return "row" in obj and not any(k in obj for k in _PATH_KEYS)
+    return "row" in obj and not any(k in obj for k in PATH_KEYS)
 
 
 def read_pairing_records(path: Path, entry: ManifestPairs) -> list[tuple[int, dict]]:

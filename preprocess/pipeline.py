@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .contract import MAX_CODE_LEN, MAX_TEXT_LEN
 from .batching import Budget, batch_cost, frames_for_seconds, take_batch
 from .manifest import Record, Reject, is_val, read_manifest, resolve_audio
 from .store.dataset import OutputDir
@@ -46,8 +47,8 @@ CHUNK = 32  # records per CPU task
 class Limits:
     min_duration: float = 0.1     # seconds; below ~75 ms the Conformer has no valid frame
     max_duration: float = 36.0    # seconds; 36.3 s is the trainer's 1816-code limit
-    max_text_len: int = 600
-    max_code_len: int = 1816
+    max_text_len: int = MAX_TEXT_LEN
+    max_code_len: int = MAX_CODE_LEN
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import read_output_manifest
-from .store.dataset import MANIFESTS
+from .contract import MANIFESTS
 from .store.fsutil import write_atomic
 
 CODES_PER_SECOND = 50

@@ -54,11 +54,11 @@ import numpy as np
 
 from . import __version__
 from .manifest import Reject, read_output_manifest
-from .pairs import PAIR_FILES
+from .contract import MANIFESTS, PAIR_FILES, PROGRESS_FILE, REJECTS, STATS
 from .provenance import fingerprint_of
-from .store.dataset import MANIFESTS, REJECTS, STATS, OutputDir, dumps_line, fault_point
+from .store.dataset import OutputDir, dumps_line, fault_point
 from .store.fsutil import append_durable, fsync_dir, npy_bytes, syncfs, write_atomic
-from .store.journal import PENDING, PROGRESS_FILE, Journal
+from .store.journal import PENDING, Journal
 from .store.npy import NpyStore, fanout
 
 PROGRESS = ".text_ids_progress.txt"

@@ -9,11 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import is_val, read_output_manifest
-from .store.dataset import MANIFESTS, PATH_KEYS, STATS
-
-REQUIRED_KEYS = ("id", "audio_path", "text", "speaker", "language", "duration", "text_len",
-                 "code_len", "condition_len")
-CODEBOOK_SIZE = 8192
+from .contract import CODEBOOK_SIZE, MANIFESTS, MAX_CODE_LEN, MAX_TEXT_LEN, PATH_KEYS, REQUIRED_KEYS, STATS
 
 
 @dataclass
@@ -77,8 +73,8 @@ def verify_output(out_dir: str | Path) -> Report:
         except json.JSONDecodeError as e:
             report.add(STATS, f"not valid JSON: {e}")
     options = stats.get("provenance", {}).get("options", {})
-    max_text = options.get("max_text_len", 600)
-    max_code = options.get("max_code_len", 1816)
+    max_text = options.get("max_text_len", MAX_TEXT_LEN)
+    max_code = options.get("max_code_len", MAX_CODE_LEN)
     vocab = stats.get("provenance", {}).get("vocab_size")
     cond_shape = tuple(options.get("condition_shape", (32, 1280)))
     val_ratio = options.get("val_ratio")

@@ -14,20 +14,17 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
+from ..contract import BASE_KEYS, CONDITION_LEN, MANIFESTS, PAIR_FILES, PATH_KEYS, REJECTS, SHARDS, STATS
 from ..manifest import Reject, read_output_manifest
 from .fsutil import append_durable, write_atomic
-from .journal import PROGRESS_FILE, ConfigMismatch, Journal, TextIdsPending
+from ..contract import PROGRESS_FILE
+from .journal import ConfigMismatch, Journal, TextIdsPending
 from .npy import FEATURE_DIRS, UtteranceFeatures
 
-MANIFESTS = {"train": "train_manifest.jsonl", "val": "val_manifest.jsonl"}
-REJECTS = "rejects.jsonl"
-STATS = "stats.json"
 LOCK = ".lock"
-CONDITION_LEN = 32
-PATH_KEYS = ("text_ids_path", "codes_path", "condition_path", "emo_vec_path")
 # Everything this tool may have written; --force removes exactly these and nothing else.
 OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *FEATURE_DIRS, "features.zarr",
-         "gpt_pairs_train.jsonl", "gpt_pairs_val.jsonl", "report.json", "shards",
+         *PAIR_FILES.values(), "report.json", SHARDS,
          ".text_ids_progress.txt", ".text_ids_commit.json", ".text_ids_staging")
 
 
@@ -47,7 +44,7 @@ def fault_point(name: str) -> None:
 
 def manifest_line(base: dict, text_len: int, code_len: int, location: dict, extras: dict) -> dict:
     """The trainer's 13 keys in the contract's order, then store-specific and extra keys."""
-    line = {k: base[k] for k in ("id", "audio_path", "text", "speaker", "language", "duration")}
+    line = {k: base[k] for k in BASE_KEYS}
     line["text_ids_path"] = location.get("text_ids_path")
     line["text_len"] = text_len
     line["codes_path"] = location.get("codes_path")

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import read_output_manifest
-from .dataset import MANIFESTS, PATH_KEYS, REJECTS, STATS, dumps_line, manifest_line
+from ..contract import BASE_KEYS, MANIFESTS, PATH_KEYS, REJECTS, STATS
+from .dataset import dumps_line, manifest_line
 from .fsutil import npy_bytes, write_atomic
 from .npy import NpyStore, UtteranceFeatures, relative_paths
 from .zarr import STORE_DIR, PackedArrays
 
-BASE_KEYS = ("id", "audio_path", "text", "speaker", "language", "duration")
 # keys manifest_line derives itself; everything else on a line is an extra, copied in order
 DERIVED_KEYS = (*BASE_KEYS, *PATH_KEYS, "text_len", "code_len", "condition_len", "row")
 
@@ -42,7 +42,8 @@ def _write_npy_provenance(src_out: Path, dest: Path, ids: list[str]) -> None:
     import json
 
     from ..provenance import fingerprint_of
-    from .journal import PROGRESS_FILE, Journal
+    from ..contract import PROGRESS_FILE
+    from .journal import Journal
     from .stats import write_stats
 
     try:

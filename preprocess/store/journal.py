@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..contract import PROGRESS_FILE
 from .fsutil import append_durable, write_atomic
 
-PROGRESS_FILE = ".preprocessing_progress.txt"
 _HEADER = "# fingerprint "
 PENDING = "text-ids-pending:"  # set by `preprocess text-ids` while it swaps the text ids
 

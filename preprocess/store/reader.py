@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import MANIFESTS, PATH_KEYS
+from ..contract import MANIFESTS, PATH_KEYS
 from .npy import load_npy
 from .zarr import STORE_DIR, PackedArrays
 

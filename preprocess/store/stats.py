@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..manifest import read_output_manifest
-from .dataset import MANIFESTS, REJECTS, STATS
+from ..contract import MANIFESTS, REJECTS, STATS
 from .fsutil import write_atomic
 
 
