@@ -7,9 +7,12 @@ from pathlib import Path
 
 import click
 
-from .pipeline import JobOptions, Limits
+from .options import JobDefaults, JobOptions, Limits
 
 PATH = click.Path(path_type=Path)
+# Which flag provides each model file (models.bundle.MissingModelFile.role).
+MODEL_FLAGS = {"config": "--config", "gpt_checkpoint": "--gpt-checkpoint", "w2v_stats": "--w2v-stats",
+               "w2v_bert": "--w2v-bert", "semantic_codec": "--semantic-codec"}
 
 
 def fail(message: str, code: int = 2):
@@ -43,18 +46,22 @@ def _model_options(f):
               help="Parent of <lang>_processed_data for --dataset entries without OUT.")
 @_model_options
 @click.option("--language", help="Normaliser hint for every record [default: each record's own 'language'].")
-@click.option("--val-ratio", type=float, default=0.01, show_default=True)
+@click.option("--job-config", type=PATH,
+              help="A copy of configs/job.yaml with other defaults (layer, limits, val ratio, hub ids).")
+@click.option("--layer", type=int, help="w2v-BERT hidden state to use [default: 17, from the job config].")
+@click.option("--val-ratio", type=float, help="Share of utterances in the val split [default: 0.01].")
 @click.option("--batch-size", type=int, default=0, show_default=True,
-              help="Utterances per batch; 0 = automatic frame budget from device memory.")
+              help="Utterances per batch; 0 = automatic: the fastest budget measured on the first "
+                   "batches, under the device's memory.")
 @click.option("--workers", type=int, default=0, show_default=True, help="CPU worker processes; 0 = automatic.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--devices", help="Several GPUs on this machine: 'all' or a list like 0,1,3 (one worker each).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--max-samples", type=int, help="Process at most this many new utterances in this run.")
-@click.option("--min-duration", type=float, default=Limits.min_duration, show_default=True, help="Seconds.")
-@click.option("--max-duration", type=float, default=Limits.max_duration, show_default=True, help="Seconds.")
-@click.option("--max-text-len", type=int, default=Limits.max_text_len, show_default=True)
-@click.option("--max-code-len", type=int, default=Limits.max_code_len, show_default=True)
+@click.option("--min-duration", type=float, help=f"Seconds [default: {Limits.min_duration}].")
+@click.option("--max-duration", type=float, help=f"Seconds [default: {Limits.max_duration}].")
+@click.option("--max-text-len", type=int, help=f"[default: {Limits.max_text_len}, the trainer's limit].")
+@click.option("--max-code-len", type=int, help=f"[default: {Limits.max_code_len}, the trainer's limit].")
 @click.option("--resample", type=click.Choice(["reference", "direct"]), default="reference", show_default=True,
               help="reference: native -> 24 kHz -> 16 kHz exactly as the reference (compatible codes); "
                    "direct: one step to 16 kHz.")
@@ -66,7 +73,8 @@ def _model_options(f):
 @click.option("--force", is_flag=True, help="Replace outputs made with other settings instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def preprocess_data(manifest, output_dir, datasets, output_root, config, tokenizer, gpt_checkpoint,
-                    w2v_stats, w2v_bert, semantic_codec, language, val_ratio, batch_size, workers,
+                    w2v_stats, w2v_bert, semantic_codec, language, job_config, layer, val_ratio,
+                    batch_size, workers,
                     device, devices, precision, max_samples, min_duration, max_duration,
                     max_text_len, max_code_len, resample, fmt, latent_dtype, strict, force, quiet):
     """Turn a speech corpus manifest into IndexTTS2 GPT training features.
@@ -84,15 +92,30 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
         fail("--manifest and --output-dir are required (or one --dataset LANG=MANIFEST[=OUT] per dataset)")
     if not tokenizer.is_file():
         fail(f"tokenizer {tokenizer} not found (pass the SentencePiece bpe.model with --tokenizer)")
-    from .pipeline import resolve_device
+    try:
+        defaults = JobDefaults.load(job_config)
+    except ValueError as e:
+        fail(str(e))
+    from .device import resolve_device
+    from .executors.devices import parse_devices
     try:
         resolve_device(device)
+        device_list = parse_devices(devices) if devices else None
     except (RuntimeError, ValueError) as e:
         fail(str(e))
     try:
-        models = ModelPaths.resolve(config, gpt_checkpoint, w2v_stats, w2v_bert, semantic_codec)
-    except (MissingModelFile, ValueError) as e:
+        models = ModelPaths.resolve(config, gpt_checkpoint, w2v_stats, w2v_bert, semantic_codec,
+                                    w2v_bert_hub_id=defaults.w2v_bert_hub_id,
+                                    semantic_codec_hub_id=defaults.semantic_codec_hub_id)
+    except MissingModelFile as e:
+        fail(f"{e}; pass it with {MODEL_FLAGS[e.role]}")
+    except ValueError as e:
         fail(str(e))
+    d = defaults.limits
+    limits = Limits(d.min_duration if min_duration is None else min_duration,
+                    d.max_duration if max_duration is None else max_duration,
+                    d.max_text_len if max_text_len is None else max_text_len,
+                    d.max_code_len if max_code_len is None else max_code_len)
     try:
         specs = [parse_dataset(d, output_root) for d in datasets] if datasets else \
             [DatasetSpec(language, manifest, output_dir)]
@@ -103,11 +126,12 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
             fail(f"manifest {spec.manifest} not found")
     base = JobOptions(
         manifest=specs[0].manifest, output_dir=specs[0].output_dir, models=models, tokenizer=tokenizer,
-        language=language, val_ratio=val_ratio, batch_size=batch_size, workers=workers, device=device,
-        precision=precision, max_samples=max_samples,
-        limits=Limits(min_duration, max_duration, max_text_len, max_code_len),
-        resample=resample, format=fmt, latent_dtype=latent_dtype, force=force, progress=not quiet)
-    code = run_datasets(base, specs, devices=devices, strict=strict, echo=click.echo)
+        language=language, val_ratio=defaults.val_ratio if val_ratio is None else val_ratio,
+        batch_size=batch_size, workers=workers, device=device, precision=precision,
+        max_samples=max_samples, limits=limits, resample=resample, format=fmt,
+        latent_dtype=latent_dtype, layer=defaults.layer if layer is None else layer, force=force,
+        progress=not quiet)
+    code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo)
     sys.exit(code)
 
 
@@ -174,7 +198,7 @@ def stats(out, json_path, png_path):
 @click.argument("out", type=PATH)
 def merge(out):
     """Merge the per-device shards left in OUT/shards by an interrupted multi-GPU run."""
-    from .launch import merge_command
+    from .store.shards import merge_command
     from .store.dataset import ConfigMismatch, OutputExists
 
     try:

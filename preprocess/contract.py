@@ -34,4 +34,5 @@ PAIR_FILES = {"train": "gpt_pairs_train.jsonl", "val": "gpt_pairs_val.jsonl"}
 REJECTS = "rejects.jsonl"
 STATS = "stats.json"
 PROGRESS_FILE = ".preprocessing_progress.txt"
+BATCH_BUDGET = ".batch_budget.json"  # what the automatic batch budget measured and chose
 SHARDS = "shards"           # per-device or per-job sub-stores awaiting a merge

@@ -1,7 +1,7 @@
 """What produced an output: hashes of every model file and the tokenizer, package versions.
 
-Hashing a full model set reads ~4 GB, so hashes are cached per output directory, keyed by
-path, size and modification time.
+Hashing a full model set reads ~4 GB (~10 s), so digests are cached once per user, keyed by
+path, size and modification time: a new output directory costs no hashing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .store.fsutil import write_atomic
 
-HASH_CACHE = ".file_hashes.json"
+HASH_CACHE = "file_hashes.json"
 PACKAGES = ("preprocess", "torch", "numpy", "transformers", "sentencepiece", "soundfile",
             "safetensors", "WeTextProcessing", "pynini", "zarr")
 
@@ -46,19 +46,31 @@ def package_versions() -> dict:
     return out
 
 
-def describe_inputs(models, tokenizer: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
-    """Provenance of a model set (a ModelPaths) and tokenizer; `out_dir` holds the hash cache."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cache_path = out_dir / HASH_CACHE
+def cache_dir() -> Path:
+    """$PREPROCESS_CACHE, else $XDG_CACHE_HOME/preprocess (default ~/.cache/preprocess)."""
+    root = os.environ.get("PREPROCESS_CACHE")
+    if root:
+        return Path(root)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "preprocess"
+
+
+def describe_inputs(models, tokenizer: str | os.PathLike) -> dict:
+    """Provenance of a model set (a ModelPaths) and tokenizer."""
+    cache_path = cache_dir() / HASH_CACHE
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, json.JSONDecodeError):
         cache = {}
     files = {"tokenizer": Path(tokenizer), **models.files()}
+    before = len(cache)
     described = {name: {"path": str(p), "sha256": sha256_file(p, cache), "bytes": p.stat().st_size}
                  for name, p in files.items()}
-    write_atomic(cache_path, json.dumps(cache, indent=1).encode(), fsync=False)
+    if len(cache) != before:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache_path, json.dumps(cache, indent=1).encode(), fsync=False)
+        except OSError:
+            pass  # a read-only home costs a rehash next time, nothing else
     import sentencepiece as spm
 
     vocab = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()

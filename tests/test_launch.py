@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from preprocess.launch import deal_shares, parse_dataset
+from preprocess.executors.devices import deal_shares
+from preprocess.launch import parse_dataset
 from preprocess.verify import verify_output
 from test_pipeline import GOOD, assert_same_output, cli_args, corpus, read_lines, run_cli  # noqa: F401
 

@@ -119,17 +119,17 @@ def test_layer_beyond_model_is_refused(saved_model):
 def test_resolve_dir_from_cache(tmp_path, monkeypatch, saved_model):
     _, model_dir = saved_model
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-    with pytest.raises(FileNotFoundError, match="--w2v-bert"):
+    with pytest.raises(FileNotFoundError, match="w2v-bert-2.0"):
         resolve_w2v_bert_dir(None)
     snapshot = tmp_path / "hub" / "models--facebook--w2v-bert-2.0" / "snapshots" / "abc123"
     snapshot.mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="--w2v-bert"):  # empty snapshot
+    with pytest.raises(FileNotFoundError, match="w2v-bert-2.0"):  # empty snapshot
         resolve_w2v_bert_dir(None)
     for name in ("config.json", "model.safetensors"):
         (snapshot / name).symlink_to(model_dir / name)
     assert resolve_w2v_bert_dir(None) == snapshot
     assert resolve_w2v_bert_dir(model_dir) == model_dir
-    with pytest.raises(FileNotFoundError, match="--w2v-bert"):
+    with pytest.raises(FileNotFoundError, match="w2v-bert-2.0"):
         resolve_w2v_bert_dir(tmp_path / "nowhere")
 
 

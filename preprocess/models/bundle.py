@@ -18,20 +18,24 @@ import yaml
 
 from .codec import SemanticCodec, SemanticCodecConfig
 from .unifiedvoice import ConditioningConfig, UnifiedVoiceConditioning
-from .w2vbert import FeatureStandardizer, SemanticEncoder, hf_hub_cache_dir, resolve_w2v_bert_dir
+from .w2vbert import FeatureStandardizer, SemanticEncoder, hf_hub_cache_dir, hub_repo_dir, resolve_w2v_bert_dir
 
-CODEC_REPO_DIR = "models--amphion--MaskGCT"
 CODEC_FILE = "semantic_codec/model.safetensors"
 
 
 class MissingModelFile(FileNotFoundError):
-    """A model file is missing; the message names the flag that provides it."""
+    """A model file is missing. `role` names which one (a ModelPaths field), so a caller can
+    say how to provide it; the message says what was looked for and where."""
+
+    def __init__(self, role: str, message: str):
+        super().__init__(message)
+        self.role = role
 
 
 def load_config(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise MissingModelFile(f"config {path} not found (pass the IndexTTS2 config.yaml with --config)")
+        raise MissingModelFile("config", f"IndexTTS2 config.yaml {path} not found")
     with open(path, encoding="utf-8") as f:
         cfg = yaml.safe_load(f)
     if not isinstance(cfg, dict) or "gpt" not in cfg:
@@ -39,13 +43,13 @@ def load_config(path: str | os.PathLike) -> dict:
     return cfg
 
 
-def _codec_from_cache() -> Path:
-    snapshots = hf_hub_cache_dir() / CODEC_REPO_DIR / "snapshots"
+def _codec_from_cache(hub_id: str) -> Path:
+    snapshots = hf_hub_cache_dir() / hub_repo_dir(hub_id) / "snapshots"
     found = sorted(snapshots.glob(f"*/{CODEC_FILE}")) if snapshots.is_dir() else []
     if not found:
         raise MissingModelFile(
-            f"no semantic codec in the local Hugging Face cache ({snapshots}/*/{CODEC_FILE}); "
-            "pass the MaskGCT semantic_codec/model.safetensors with --semantic-codec")
+            "semantic_codec", f"no {hub_id} semantic codec in the local Hugging Face cache "
+                              f"({snapshots}/*/{CODEC_FILE}); nothing is downloaded at run time")
     return found[-1]
 
 
@@ -59,33 +63,34 @@ class ModelPaths:
 
     @classmethod
     def resolve(cls, config, gpt_checkpoint=None, w2v_stats=None, w2v_bert=None,
-                semantic_codec=None) -> "ModelPaths":
+                semantic_codec=None, w2v_bert_hub_id: str = "facebook/w2v-bert-2.0",
+                semantic_codec_hub_id: str = "amphion/MaskGCT") -> "ModelPaths":
         """Fill unset paths the way the reference does: gpt_checkpoint and w2v_stat relative to
         the config's directory; w2v-BERT and the codec from the local HF cache. Never downloads."""
         config = Path(config)
         cfg = load_config(config)
         here = config.parent
 
-        def beside(value, key, flag):
+        def beside(value, key, role):
             if value is not None:
                 p = Path(value)
             elif cfg.get(key):
                 p = here / cfg[key]
             else:
-                raise MissingModelFile(f"{config} has no '{key}'; pass the file with {flag}")
+                raise MissingModelFile(role, f"{config} has no '{key}'")
             if not p.is_file():
-                raise MissingModelFile(f"{p} not found; pass the file with {flag}")
+                raise MissingModelFile(role, f"{role} file {p} not found")
             return p
 
-        gpt = beside(gpt_checkpoint, "gpt_checkpoint", "--gpt-checkpoint")
-        stats = beside(w2v_stats, "w2v_stat", "--w2v-stats")
+        gpt = beside(gpt_checkpoint, "gpt_checkpoint", "gpt_checkpoint")
+        stats = beside(w2v_stats, "w2v_stat", "w2v_stats")
         try:
-            w2v = resolve_w2v_bert_dir(w2v_bert)
+            w2v = resolve_w2v_bert_dir(w2v_bert, w2v_bert_hub_id)
         except FileNotFoundError as e:
-            raise MissingModelFile(str(e)) from None
-        codec = Path(semantic_codec) if semantic_codec is not None else _codec_from_cache()
+            raise MissingModelFile("w2v_bert", str(e)) from None
+        codec = Path(semantic_codec) if semantic_codec is not None else _codec_from_cache(semantic_codec_hub_id)
         if not codec.is_file():
-            raise MissingModelFile(f"{codec} not found; pass the file with --semantic-codec")
+            raise MissingModelFile("semantic_codec", f"semantic codec {codec} not found")
         return cls(config, gpt, stats, w2v, codec)
 
     def files(self) -> dict[str, Path]:
@@ -155,35 +160,3 @@ class ModelBundle:
         flat = torch.cat(codes).cpu().numpy()  # one device sync instead of one per item
         return BundleOutput(list(np.split(flat, np.cumsum(sizes)[:-1])),
                             condition.float().cpu().numpy(), emo_vec.float().cpu().numpy())
-
-
-def probe_batch_budget(bundle: ModelBundle, device: torch.device, max_frames: int,
-                       fraction: float = 0.9) -> float:
-    """Largest batch cost (batching.batch_cost) that fits `fraction` of device memory, measured
-    by running synthetic worst-case batches (every item `max_frames` long) through the models."""
-    from ..batching import batch_cost
-
-    total = torch.cuda.get_device_properties(device).total_memory
-    limit = fraction * total
-
-    def peak(n: int) -> int:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        feats = torch.randn(n, max_frames, 160, device=device)
-        frames = torch.full((n,), max_frames, device=device)
-        bundle.run(feats, frames, frames)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
-
-    base = peak(1)
-    per_item = max(peak(2) - base, 1)
-    n = max(1, int((limit - base) / per_item) + 1)
-    while n > 1:  # confirm the extrapolation on the real models; back off if it was optimistic
-        try:
-            if peak(n) <= limit:
-                break
-        except torch.OutOfMemoryError:
-            pass
-        n = int(n * 0.8)
-    torch.cuda.empty_cache()
-    return batch_cost(n, max_frames)

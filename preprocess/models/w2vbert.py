@@ -22,7 +22,7 @@ from transformers.models.wav2vec2_bert.modeling_wav2vec2_bert import (
     Wav2Vec2BertFeatureProjection,
 )
 
-HUB_REPO_DIR = "models--facebook--w2v-bert-2.0"
+HUB_ID = "facebook/w2v-bert-2.0"
 # Head models (e.g. ...ForCTC) save the base model under this prefix; accept both layouts.
 BASE_MODEL_PREFIX = "wav2vec2_bert."
 
@@ -38,6 +38,11 @@ def hf_hub_cache_dir() -> Path:
     return base / "huggingface" / "hub"
 
 
+def hub_repo_dir(hub_id: str) -> str:
+    """The cache folder name of a hub model id: "facebook/w2v-bert-2.0" -> "models--facebook--w2v-bert-2.0"."""
+    return "models--" + hub_id.replace("/", "--")
+
+
 def _is_model_dir(path: Path) -> bool:
     has_weights = (path / "model.safetensors").is_file() or (
         path / "model.safetensors.index.json"
@@ -45,7 +50,7 @@ def _is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() and has_weights
 
 
-def resolve_w2v_bert_dir(path_or_none: str | os.PathLike | None) -> Path:
+def resolve_w2v_bert_dir(path_or_none: str | os.PathLike | None, hub_id: str = HUB_ID) -> Path:
     """The local w2v-BERT 2.0 directory: the given one, or a snapshot in the local HF cache.
 
     Never downloads. A missing directory or file is a FileNotFoundError that says what to provide.
@@ -55,11 +60,11 @@ def resolve_w2v_bert_dir(path_or_none: str | os.PathLike | None) -> Path:
         if not _is_model_dir(path):
             raise FileNotFoundError(
                 f"w2v-BERT directory {path} must contain config.json and model.safetensors "
-                "(pass a local copy of facebook/w2v-bert-2.0 with --w2v-bert)"
+                f"(a local copy of {hub_id})"
             )
         return path
 
-    repo = hf_hub_cache_dir() / HUB_REPO_DIR
+    repo = hf_hub_cache_dir() / hub_repo_dir(hub_id)
     candidates = []
     ref = repo / "refs" / "main"
     if ref.is_file():
@@ -71,9 +76,8 @@ def resolve_w2v_bert_dir(path_or_none: str | os.PathLike | None) -> Path:
         if _is_model_dir(snapshot):
             return snapshot
     raise FileNotFoundError(
-        f"facebook/w2v-bert-2.0 not found in the local Hugging Face cache ({repo}/snapshots/*/ "
-        "with config.json and model.safetensors); nothing is downloaded at run time: "
-        "pass a local directory with --w2v-bert"
+        f"{hub_id} not found in the local Hugging Face cache ({repo}/snapshots/*/ "
+        "with config.json and model.safetensors); nothing is downloaded at run time"
     )
 
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from ..contract import BASE_KEYS, CONDITION_LEN, MANIFESTS, PAIR_FILES, PATH_KEYS, REJECTS, SHARDS, STATS
+from ..contract import BATCH_BUDGET, BASE_KEYS, CONDITION_LEN, MANIFESTS, PAIR_FILES, PATH_KEYS, REJECTS, SHARDS, STATS
 from ..manifest import Reject, read_output_manifest
 from .fsutil import append_durable, write_atomic
 from ..contract import PROGRESS_FILE
@@ -24,7 +24,7 @@ from .npy import FEATURE_DIRS, UtteranceFeatures
 LOCK = ".lock"
 # Everything this tool may have written; --force removes exactly these and nothing else.
 OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *FEATURE_DIRS, "features.zarr",
-         *PAIR_FILES.values(), "report.json", SHARDS,
+         *PAIR_FILES.values(), "report.json", SHARDS, BATCH_BUDGET,
          ".text_ids_progress.txt", ".text_ids_commit.json", ".text_ids_staging")
 
 

@@ -1,0 +1,230 @@
+"""The staged engine of one process.
+
+    plan.todo --PreparedStream (CPU workers: text ids, decode, resample, fbank)--> Prepared
+              --BatchPlanner (consecutive runs of the plan under the budget)--> batches
+              --DeviceStage (models; OOM split-and-retry)--> features
+              --Writer thread (store, manifests, rejects, journal)--> output
+
+Each arrow is bounded: a window of CPU tasks runs ahead of the device, at most a few batches
+wait for the writer. A record that fails anywhere becomes a reject and the flow goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+from ..batching import BatchPlanner, Budget, MIN_PADDING_EFFICIENCY, cpu_ceiling, probe_cuda_ceiling
+from ..contract import BATCH_BUDGET
+from ..manifest import Reject
+from ..prepare import CpuStage, Prepared, PreparedStream
+from ..store.fsutil import write_atomic
+from ..writer import Writer, entry
+
+
+@dataclass
+class BatchTiming:
+    """One batch as the device ran it (for benchmarks and progress)."""
+
+    indices: list[int]          # plan indices
+    items: int                  # items that reached the device
+    padded_frames: int          # items x longest
+    valid_frames: int
+    audio_seconds: float
+    wait_seconds: float         # waiting for the CPU stage
+    model_seconds: float        # in DeviceStage.run: inputs to the device, models, results back
+    candidate: int | None       # budget being measured, if any
+    end: float                  # time.perf_counter() when the device finished it
+
+
+@dataclass
+class Threads:
+    workers: int        # CPU worker processes
+    model: int          # torch threads of this process (0: leave torch's default)
+    niceness: int       # added to the workers' niceness
+
+
+def choose_threads(device_type: str, workers: int = 0, cores: int | None = None) -> Threads:
+    """On a GPU the CPU stage is the bottleneck: every core but one prepares. On a CPU the model
+    is (text and decoding are a few percent of the work): it gets every core, and the workers,
+    as few as keep it fed, yield to it (niceness) so they run while the model waits instead of
+    stalling its threads."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if device_type != "cpu":
+        return Threads(workers or max(1, min(32, cores - 1)), 0, 0)
+    return Threads(workers or max(1, cores // 8), cores, 19)
+
+
+class InProcess:
+    def __init__(self, bundle=None, on_progress=None, on_batch=None, threads: Threads | None = None):
+        """`bundle`: a ModelBundle, a callable returning one (called only if there is work), or
+        None (load from the job's options). `on_progress(utterances, audio_seconds)` after each
+        commit; `on_batch(BatchTiming)` after each batch the device ran. `threads`: instead of
+        `choose_threads` (benchmarks compare settings with it)."""
+        self.bundle, self.on_progress, self.on_batch = bundle, on_progress, on_batch
+        self.threads = threads
+
+    def before_plan(self, job, output) -> None:
+        pass
+
+    def _models(self, opts):
+        from ..models.bundle import ModelBundle
+
+        if self.bundle is None:
+            return ModelBundle.load(opts.models, layer=opts.layer)
+        return self.bundle() if callable(self.bundle) else self.bundle
+
+    def execute(self, job, plan, output, summary) -> None:
+        import torch
+
+        from ..device import PRECISIONS, DeviceStage, resolve_device
+
+        opts = job.opts
+        device = resolve_device(opts.device)
+        threads = self.threads or choose_threads(device.type, opts.workers)
+        previous_threads = torch.get_num_threads()
+        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        interrupted = False
+        cpu = stage = writer = bar = None
+        try:
+            # The workers start (and prepare the first items) while the models load.
+            cpu = CpuStage(threads.workers, (str(opts.tokenizer), opts.resample, opts.limits,
+                                             device.type != "cpu", threads.niceness), opts.language)
+            stream = PreparedStream(cpu, [plan.items[i] for i in plan.todo_indices()],
+                                    window=2 * threads.workers + 2)
+            t0 = time.perf_counter()
+            bundle = self._models(opts).to(device, PRECISIONS[opts.precision])
+            summary.stage_seconds["load_models"] = time.perf_counter() - t0
+            if threads.model:
+                torch.set_num_threads(threads.model)
+            t0 = time.perf_counter()
+            budget, planner = self._planner(opts, plan, output, bundle, device)
+            summary.stage_seconds["budget"] = time.perf_counter() - t0
+            stage = DeviceStage(bundle, device, budget)
+            writer, bar = self._writer(opts, plan, output, summary)
+            for batch in planner:
+                t0 = time.perf_counter()
+                results = stream.take(batch.indices)
+                wait = time.perf_counter() - t0
+                prepared = [r for r in results if isinstance(r, Prepared)]
+                rejects = [r for r in results if isinstance(r, Reject)]
+                busy = stage.busy_seconds
+                outputs = stage.run_all(prepared)
+                seconds = stage.busy_seconds - busy
+                if prepared:
+                    planner.measured(batch, seconds, [p.frames for p in prepared])
+                entries = []
+                for p, result in outputs:
+                    rec = plan.items[p.index].record
+                    if isinstance(result, str):
+                        rejects.append(Reject(rec.line, rec.id, "device", result))
+                    else:
+                        entries.append(entry(rec, p, result, opts.val_ratio))
+                summary.processed += len(entries)
+                summary.rejected += len(rejects)
+                summary.audio_seconds += sum(p.audio_seconds for p in prepared)
+                writer.put(entries, rejects, batch.indices)  # the whole batch commits at once
+                if self.on_batch is not None and prepared:
+                    longest = max(p.frames for p in prepared)
+                    self.on_batch(BatchTiming(batch.indices, len(prepared), len(prepared) * longest,
+                                              sum(p.frames for p in prepared),
+                                              sum(p.audio_seconds for p in prepared), wait, seconds,
+                                              batch.candidate, time.perf_counter()))
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
+            torch.set_num_threads(previous_threads)
+            if cpu is not None:
+                cpu.close()
+            if writer is not None:
+                writer.finish()  # everything computed is committed; nothing half-done is marked
+                bar.close()
+        if stage is not None:
+            chosen = planner.chosen_budget()
+            summary.batch_budget = None if chosen is None else {
+                "cost": chosen.cost, "max_items": chosen.max_items, "searched": planner.record is not None}
+            summary.device_seconds = stage.busy_seconds
+            summary.stage_seconds.update(device=stage.busy_seconds, write=writer.seconds)
+            if stage.padded_frames:
+                summary.padding_efficiency = stage.valid_frames / stage.padded_frames
+        if interrupted:
+            raise KeyboardInterrupt
+
+    def _planner(self, opts, plan, output, bundle, device) -> tuple[Budget, BatchPlanner]:
+        """The device stage's budget (its memory ceiling, or a fixed count) and the planner that
+        cuts batches under it; the automatic budget's search is recorded in the output."""
+        if opts.batch_size > 0:
+            budget = Budget(cost=math.inf, max_items=opts.batch_size)
+            return budget, BatchPlanner(plan.frames, plan.todo, budget)
+        if device.type == "cuda":
+            ceiling = probe_cuda_ceiling(bundle.run, device, max(plan.frames), opts.memory_fraction)
+        else:
+            ceiling = cpu_ceiling()
+        budget = Budget(cost=ceiling, min_padding_efficiency=MIN_PADDING_EFFICIENCY)
+        path = output.path / BATCH_BUDGET
+        key = plan_key(plan)
+        record = old = _read_json(path)
+        if record is None or record.get("plan") != key:
+            record = {**BatchPlanner.new_record(plan.frames, ceiling), "plan": key}
+            if old and old.get("chosen") is not None and old.get("ladder") == record["ladder"]:
+                record["chosen"] = old["chosen"]  # more data, same ladder: keep the measured choice
+
+        def save(rec: dict) -> None:
+            write_atomic(path, json.dumps(rec, indent=1).encode())
+
+        return budget, BatchPlanner(plan.frames, plan.todo, budget, record, save)
+
+    def _writer(self, opts, plan, output, summary):
+        from tqdm import tqdm
+
+        total = round(plan.audio_seconds, 1)
+        bar = tqdm(total=total, unit="s audio", disable=not opts.progress, dynamic_ncols=True,
+                   mininterval=1.0, file=sys.stderr, desc="preprocess",
+                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s audio "
+                              "[{elapsed}<{remaining}{postfix}]")
+        started = time.perf_counter()
+        counts = {"done": 0, "seconds": 0.0}
+
+        def on_commit(batch: list[int]):
+            secs = sum(plan.seconds[i] for i in batch)
+            counts["done"] += len(batch)
+            counts["seconds"] += secs
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            bar.update(min(secs, bar.total - bar.n))
+            bar.set_postfix_str(f"{counts['done'] / elapsed:.1f} utt/s, "
+                                f"{counts['seconds'] / elapsed:.1f} s audio/s", refresh=False)
+            if self.on_progress is not None:
+                self.on_progress(len(batch), secs)
+
+        writer = Writer(output, on_commit)
+        writer.start()
+        return writer, bar
+
+
+def plan_key(plan) -> str:
+    """Which plan a recorded budget search belongs to: ids and frames in plan order."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for item, frames in zip(plan.items, plan.frames):
+        h.update(f"{item.record.id}\0{frames}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def _read_json(path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

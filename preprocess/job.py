@@ -1,0 +1,118 @@
+"""One job: one manifest into one output directory.
+
+    open the output (lock, fingerprint check, recover from a crash)
+      -> plan (records, durations, longest first; what is done is skipped)
+      -> execute (an executor from preprocess.executors runs the plan's work into the output)
+      -> finish (manifests in source order, rejects, stats.json with last_run)
+
+The skeleton is the same whoever executes: in this process (`InProcess`), one worker process
+per local device (`OnePerDevice`), or any executor with the same two methods.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .options import JobOptions, output_options
+from .plan import Plan, make_plan
+from .provenance import fingerprint_of
+from .store.dataset import OutputDir
+from .store.stats import write_stats
+
+
+@dataclass
+class RunSummary:
+    output_dir: Path
+    processed: int = 0
+    skipped_done: int = 0
+    rejected: int = 0
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    device_seconds: float = 0.0
+    padding_efficiency: float | None = None   # None: no batch ran
+    batch_budget: dict | None = None          # what --batch-size 0 chose (cost, max_items)
+    stage_seconds: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    def text(self) -> str:
+        rate = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
+        s = self.stats
+        padding = ("" if self.padding_efficiency is None
+                   else f"; padding efficiency {self.padding_efficiency:.2f}")
+        return (f"Processed {self.processed} utterances ({self.audio_seconds / 3600:.2f} h of audio) "
+                f"in {self.wall_seconds:.1f} s, {rate:.1f} s of audio per second; "
+                f"{self.skipped_done} already done were skipped and {self.rejected} were rejected "
+                f"this run (see rejects.jsonl). The output {self.output_dir} now holds "
+                f"{s.get('train', 0)} train and {s.get('val', 0)} val utterances "
+                f"({sum(s.get('hours', {}).values()):.2f} h), {s.get('rejected', 0)} rejects in all"
+                f"{padding}.")
+
+
+class Job:
+    def __init__(self, opts: JobOptions, provenance: dict | None = None):
+        """`provenance`: a precomputed `describe_inputs` of the model set and tokenizer (several
+        datasets share one); the options that change outputs are added here."""
+        from .provenance import describe_inputs
+
+        self.opts = opts
+        t0 = time.perf_counter()
+        if provenance is None:
+            provenance = describe_inputs(opts.models, opts.tokenizer)
+        self.hash_seconds = time.perf_counter() - t0
+        self.provenance = {**provenance, "options": output_options(opts)}
+        self.fingerprint = fingerprint_of(self.provenance)
+
+    def open_output(self, path: Path | None = None, force: bool | None = None) -> OutputDir:
+        from .store import open_writer
+
+        path = self.opts.output_dir if path is None else path
+        opts = self.opts
+        return OutputDir(path, self.fingerprint,
+                         lambda: open_writer(path, opts.format, opts.latent_dtype),
+                         force=opts.force if force is None else force)
+
+    def run(self, executor) -> RunSummary:
+        t_start = time.perf_counter()
+        opts = self.opts
+        output = self.open_output()
+        summary = RunSummary(opts.output_dir, stage_seconds={"hash_inputs": self.hash_seconds})
+        try:
+            executor.before_plan(self, output)
+            t0 = time.perf_counter()
+            plan = make_plan(opts, output.done, output.rejected_lines)
+            summary.stage_seconds["plan"] = time.perf_counter() - t0
+            summary.skipped_done = plan.skipped_done
+            output.add_rejects(plan.rejects)
+            summary.rejected += len(plan.rejects)
+            if any(plan.todo):
+                executor.execute(self, plan, output, summary)
+            output.finalize(plan.line_of)
+            summary.stats = write_stats(opts.output_dir, self.provenance, run=self.last_run(summary))
+        finally:
+            output.close()
+        summary.wall_seconds = time.perf_counter() - t_start + self.hash_seconds
+        return summary
+
+    @staticmethod
+    def last_run(summary: RunSummary) -> dict:
+        return {"processed": summary.processed, "skipped_done": summary.skipped_done,
+                "rejected": summary.rejected, "batch_budget": summary.batch_budget,
+                "version": __version__}
+
+
+def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
+            on_progress=None, on_batch=None) -> RunSummary:
+    """Process one manifest into one output directory, in this process.
+
+    `bundle`: a ModelBundle, or a callable returning one (called only if there is work), so
+    several datasets share models loaded once. `on_progress(utterances, audio_seconds)` after
+    each committed batch; `on_batch(BatchTiming)` after each batch the device ran."""
+    from .executors.inprocess import InProcess
+
+    return Job(opts, provenance).run(InProcess(bundle, on_progress=on_progress, on_batch=on_batch))
+
+
+__all__ = ["Job", "JobOptions", "Plan", "RunSummary", "run_job"]

@@ -1,0 +1,135 @@
+"""The job skeleton and its options: defaults from configs/job.yaml, what the fingerprint holds,
+what model errors carry, and that the CLI module loads without torch."""
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+import preprocess.text
+from preprocess.job import Job
+from preprocess.models.bundle import MissingModelFile, ModelPaths
+from preprocess.options import DEFAULT_CONFIG, JobDefaults, JobOptions, Limits, output_options
+from preprocess.store.journal import ConfigMismatch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_packaged_config_is_the_code_defaults():
+    assert JobDefaults.load() == JobDefaults()
+    assert (ROOT / "configs" / "job.yaml").resolve() == DEFAULT_CONFIG
+
+
+def test_user_config_overrides_and_unknown_keys_are_named(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("layer: 12\nlimits:\n  max_text_len: 300\n")
+    d = JobDefaults.load(path)
+    assert d.layer == 12 and d.limits.max_text_len == 300
+    assert d.limits.max_code_len == Limits().max_code_len and d.val_ratio == JobDefaults().val_ratio
+    path.write_text("layer: 12\nlimits:\n  max_txt_len: 3\n")
+    with pytest.raises(ValueError, match=r"job.yaml: unknown option\(s\) limits.max_txt_len"):
+        JobDefaults.load(path)
+
+
+def provenance():
+    return {"files": {"tokenizer": {"sha256": "0" * 64}}, "versions": {}}
+
+
+def options(tmp_path):
+    return JobOptions(manifest=tmp_path / "m.jsonl", output_dir=tmp_path / "out", models=None,
+                      tokenizer=tmp_path / "bpe.model")
+
+
+def test_text_pipeline_and_normaliser_versions_are_in_the_fingerprint(tmp_path, monkeypatch):
+    opts = options(tmp_path)
+    job = Job(opts, provenance())
+    job.open_output().close()
+    assert output_options(opts)["normaliser"]["version"] == preprocess.text.normaliser_versions()["version"]
+
+    monkeypatch.setattr(preprocess.text, "TEXT_PIPELINE_VERSION", preprocess.text.TEXT_PIPELINE_VERSION + 1)
+    changed = Job(opts, provenance())
+    assert changed.fingerprint != job.fingerprint
+    with pytest.raises(ConfigMismatch):
+        changed.open_output()
+    monkeypatch.undo()
+
+    versions = preprocess.text.normaliser_versions()
+    monkeypatch.setattr(preprocess.text, "normaliser_versions", lambda: {**versions, "version": "9.9"})
+    with pytest.raises(ConfigMismatch):
+        Job(opts, provenance()).open_output()
+
+
+def test_layer_changes_the_fingerprint(tmp_path):
+    opts = options(tmp_path)
+    assert Job(opts, provenance()).fingerprint != Job(replace(opts, layer=12), provenance()).fingerprint
+    # what does not change outputs does not change the fingerprint
+    assert Job(opts, provenance()).fingerprint == Job(replace(opts, batch_size=4, workers=3), provenance()).fingerprint
+
+
+def test_missing_model_file_says_which_and_where(tiny_models, tmp_path):
+    with pytest.raises(MissingModelFile) as err:
+        ModelPaths.resolve(tiny_models / "config.yaml", gpt_checkpoint=tmp_path / "nope.pth",
+                           w2v_bert=tiny_models / "w2v-bert-2.0",
+                           semantic_codec=tiny_models / "semantic_codec" / "model.safetensors")
+    assert err.value.role == "gpt_checkpoint" and "nope.pth" in str(err.value)
+    assert "--" not in str(err.value)  # flags are the CLI's business
+    with pytest.raises(MissingModelFile) as err:
+        ModelPaths.resolve(tiny_models / "config.yaml", w2v_bert=tiny_models / "w2v-bert-2.0",
+                           semantic_codec_hub_id="nobody/nothing")
+    assert err.value.role == "semantic_codec" and "nobody/nothing" in str(err.value)
+
+
+def test_cli_module_imports_no_torch():
+    code = "import sys, preprocess.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+
+
+# -- the automatic budget on a real run --------------------------------------------------------
+
+from test_pipeline import GOOD, assert_same_output, corpus, read_lines, run_cli  # noqa: E402,F401
+
+
+def test_automatic_budget_is_recorded_and_reused_on_resume(corpus, tiny_models, tmp_path):  # noqa: F811
+    import json
+    import shutil
+
+    first = tmp_path / "first"
+    run_cli(corpus, first, tiny_models)
+    record = json.loads((first / ".batch_budget.json").read_text())
+    assert record["chosen"] is not None and record["trials"]
+    budget = json.loads((first / "stats.json").read_text())["last_run"]["batch_budget"]
+    assert budget["searched"] and budget["max_items"] == record["ladder"][record["chosen"]]["max_items"]
+
+    # A crash after the first commits: the journal holds the first ids only. The rerun cuts the
+    # rest under the recorded choice, so its bytes equal the uninterrupted run's.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(first, crashed)
+    journal = crashed / ".preprocessing_progress.txt"
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:3]) + "\n")
+    r = run_cli(corpus, crashed, tiny_models)
+    assert "2 already done were skipped" in r.stdout
+    assert json.loads((crashed / ".batch_budget.json").read_text()) == record
+    assert_same_output(first, crashed)
+
+
+def test_kill_during_the_budget_search_loses_nothing(corpus, tiny_models, tmp_path):  # noqa: F811
+    import numpy as np
+
+    from preprocess.verify import verify_output
+
+    single = tmp_path / "single"
+    run_cli(corpus, single, tiny_models, "--batch-size", "1")
+    out = tmp_path / "auto"
+    r = run_cli(corpus, out, tiny_models, env={"PREPROCESS_FAULT": "after_journal:1"}, check=False)
+    assert r.returncode == 137, r.stderr
+    run_cli(corpus, out, tiny_models)
+    assert verify_output(out).ok
+    ids = [x["id"] for x in read_lines(out / "train_manifest.jsonl") + read_lines(out / "val_manifest.jsonl")]
+    assert sorted(ids) == sorted(g[0] for g in GOOD)
+    for line in read_lines(single / "train_manifest.jsonl") + read_lines(single / "val_manifest.jsonl"):
+        assert np.array_equal(np.load(single / line["codes_path"]), np.load(out / line["codes_path"]))
+        np.testing.assert_allclose(np.load(single / line["condition_path"]),
+                                   np.load(out / line["condition_path"]), atol=1e-4, rtol=0)
