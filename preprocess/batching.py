@@ -155,6 +155,9 @@ SEARCH_STEP = 4              # each budget of the ladder holds 4x the utterances
 SEARCH_MIN_SECONDS = 1.0     # time each budget over at least this much model time ...
 SEARCH_MAX_BATCHES = 8       # ... or this many batches, whichever comes first
 SEARCH_GIVE_UP = 0.8         # stop climbing once a budget is this much slower than the best
+# A kill costs the batch in flight: batches are cut so that one takes about this long at the
+# measured rate (one item that takes longer alone still runs alone).
+MAX_BATCH_SECONDS = {"cpu": 5.0, "cuda": 30.0}
 
 
 def work_of(frames: list[int]) -> float:
@@ -194,12 +197,17 @@ class BatchPlanner:
     the climb stops at the top of the ladder or once a budget is clearly slower than the best,
     and the rest of the plan is cut under the fastest. The record (ladder, every timed batch,
     the choice) is handed to `save` before the batch it describes is committed, and a resumed
-    run replays it: same trial batches, same choice, same batches after it."""
+    run replays it: same trial batches, same choice, same batches after it.
+
+    `max_batch_seconds` bounds what a kill can cost: the climb stops below budgets that would
+    take longer per batch at the best measured rate, and the chosen budget is capped to it."""
 
     def __init__(self, frames: list[int], todo: list[bool], budget: Budget,
-                 record: dict | None = None, save=lambda record: None):
+                 record: dict | None = None, save=lambda record: None,
+                 max_batch_seconds: float = math.inf):
         self.frames, self.todo, self.budget = frames, todo, budget
         self.record, self.save = record, save
+        self.max_batch_seconds = max_batch_seconds
         self.pos = 0
         self._replay = list(record["trials"]) if record else []
 
@@ -211,9 +219,12 @@ class BatchPlanner:
     def searching(self) -> bool:
         return self.record is not None and self.record["chosen"] is None
 
-    def _budget(self, k: int) -> Budget:
+    def _budget(self, k: int, capped: bool = False) -> Budget:
         step = self.record["ladder"][k]
-        return Budget(cost=min(step["cost"], self.budget.cost), max_items=step["max_items"],
+        cost = min(step["cost"], self.budget.cost)
+        if capped and self.record.get("cap") is not None:
+            cost = min(cost, self.record["cap"])
+        return Budget(cost=cost, max_items=step["max_items"],
                       min_padding_efficiency=self.budget.min_padding_efficiency)
 
     def __iter__(self):
@@ -236,7 +247,7 @@ class BatchPlanner:
             if k is not None:
                 return self._batch(self.pos, self.pos + take_batch(self.frames, self.pos, self._budget(k)), k)
         if self.record is not None:
-            budget = self._budget(self.record["chosen"])
+            budget = self._budget(self.record["chosen"], capped=True)
         else:
             budget = self.budget
         return self._batch(self.pos, self.pos + take_batch(self.frames, self.pos, budget), None)
@@ -265,9 +276,11 @@ class BatchPlanner:
             rates = self._rates()
             best = max(rates, key=rates.get) if rates else k
             slower = k in rates and rates[k] < SEARCH_GIVE_UP * rates[best]
-            if k + 1 < len(ladder) and not slower:
+            cap = rates[best] * self.max_batch_seconds if rates else math.inf
+            if k + 1 < len(ladder) and not slower and ladder[k + 1]["cost"] <= cap:
                 return k + 1
             self.record["chosen"] = best
+            self.record["cap"] = None if math.isinf(cap) else cap
             self.save(self.record)
             return None
         return 0
@@ -290,4 +303,4 @@ class BatchPlanner:
             return self.budget
         if self.record["chosen"] is None:
             return None
-        return self._budget(self.record["chosen"])
+        return self._budget(self.record["chosen"], capped=True)

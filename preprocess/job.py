@@ -11,6 +11,7 @@ per local device (`OnePerDevice`), or any executor with the same two methods.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,24 @@ class RunSummary:
                 f"{padding}.")
 
 
+class Phase:
+    """Times one phase of a run into `summary.stage_seconds[name]` and, with progress on, says
+    what it did on one line of stderr (before the bar, so a long silent wait has a name)."""
+
+    def __init__(self, summary: "RunSummary", name: str, words: str, show: bool):
+        self.summary, self.name, self.words, self.show = summary, name, words, show
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        seconds = time.perf_counter() - self.t0
+        self.summary.stage_seconds[self.name] = seconds
+        if self.show and exc[0] is None:
+            print(f"{self.words} ({seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
 class Job:
     def __init__(self, opts: JobOptions, provenance: dict | None = None):
         """`provenance`: a precomputed `describe_inputs` of the model set and tokenizer (several
@@ -79,11 +98,12 @@ class Job:
         opts = self.opts
         output = self.open_output()
         summary = RunSummary(opts.output_dir, stage_seconds={"hash_inputs": self.hash_seconds})
+        if opts.progress:
+            print(f"checked model and tokenizer files ({self.hash_seconds:.1f} s)", file=sys.stderr)
         try:
             executor.before_plan(self, output)
-            t0 = time.perf_counter()
-            plan = make_plan(opts, output.done, output.rejected_lines)
-            summary.stage_seconds["plan"] = time.perf_counter() - t0
+            with Phase(summary, "plan", f"planned {opts.manifest}", opts.progress):
+                plan = make_plan(opts, output.done, output.rejected_lines)
             summary.skipped_done = plan.skipped_done
             output.add_rejects(plan.rejects)
             summary.rejected += len(plan.rejects)

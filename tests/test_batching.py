@@ -84,3 +84,23 @@ def test_fixed_budget_is_not_searched():
     planner = BatchPlanner(frames, [True] * 10, Budget(cost=float("inf"), max_items=3))
     assert [len(b.indices) for b in planner] == [3, 3, 3, 1]
     assert planner.chosen_budget().max_items == 3
+
+
+def test_batches_are_capped_by_time_at_the_measured_rate():
+    """Equal speed at every budget: the search would climb to the ceiling, but a batch may take
+    at most max_batch_seconds at the measured rate, so a kill costs seconds, not minutes."""
+    frames = sorted((100 + (i * 29) % 300 for i in range(500)), reverse=True)
+    budget = Budget(cost=batch_cost(256, max(frames)), min_padding_efficiency=MIN_PADDING_EFFICIENCY)
+    record = {**BatchPlanner.new_record(frames, budget.cost), "plan": "x"}
+    planner = BatchPlanner(frames, [True] * len(frames), budget, record, max_batch_seconds=5.0)
+    rate = 2000.0  # work units per second, whatever the batch
+    longest = 0.0
+    for batch in planner:
+        ran = [frames[i] for i in batch.indices]
+        seconds = sum(batch_cost(1, f) for f in ran) / rate
+        planner.measured(batch, seconds, ran)
+        if batch.candidate is None:
+            longest = max(longest, batch_cost(len(ran), max(ran)) / rate)
+    assert record["cap"] == pytest.approx(5.0 * rate)
+    assert planner.chosen_budget().cost <= 5.0 * rate
+    assert 0 < longest <= 5.0

@@ -102,15 +102,17 @@ def test_automatic_budget_is_recorded_and_reused_on_resume(corpus, tiny_models, 
     budget = json.loads((first / "stats.json").read_text())["last_run"]["batch_budget"]
     assert budget["searched"] and budget["max_items"] == record["ladder"][record["chosen"]]["max_items"]
 
-    # A crash after the first commits: the journal holds the first ids only. The rerun cuts the
-    # rest under the recorded choice, so its bytes equal the uninterrupted run's.
+    # A crash after the first commit: the journal holds the first batch's ids only (batches
+    # commit whole). The rerun cuts the rest under the recorded search and choice, so its bytes
+    # equal the uninterrupted run's.
     crashed = tmp_path / "crashed"
     shutil.copytree(first, crashed)
     journal = crashed / ".preprocessing_progress.txt"
     lines = journal.read_text().splitlines()
-    journal.write_text("\n".join(lines[:3]) + "\n")
+    first_batch = record["trials"][0]["items"]
+    journal.write_text("\n".join(lines[:1 + first_batch]) + "\n")
     r = run_cli(corpus, crashed, tiny_models)
-    assert "2 already done were skipped" in r.stdout
+    assert f"{first_batch} already done were skipped" in r.stdout
     assert json.loads((crashed / ".batch_budget.json").read_text()) == record
     assert_same_output(first, crashed)
 

@@ -19,8 +19,10 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..batching import BatchPlanner, Budget, MIN_PADDING_EFFICIENCY, cpu_ceiling, probe_cuda_ceiling
+from ..batching import (MAX_BATCH_SECONDS, MIN_PADDING_EFFICIENCY, BatchPlanner, Budget, cpu_ceiling,
+                        probe_cuda_ceiling)
 from ..contract import BATCH_BUDGET
+from ..job import Phase
 from ..manifest import Reject
 from ..prepare import CpuStage, Prepared, PreparedStream
 from ..store.fsutil import write_atomic
@@ -98,14 +100,14 @@ class InProcess:
                                              device.type != "cpu", threads.niceness), opts.language)
             stream = PreparedStream(cpu, [plan.items[i] for i in plan.todo_indices()],
                                     window=2 * threads.workers + 2)
-            t0 = time.perf_counter()
-            bundle = self._models(opts).to(device, PRECISIONS[opts.precision])
-            summary.stage_seconds["load_models"] = time.perf_counter() - t0
+            with Phase(summary, "load_models", f"loaded the models on {device}", opts.progress):
+                bundle = self._models(opts).to(device, PRECISIONS[opts.precision])
             if threads.model:
                 torch.set_num_threads(threads.model)
-            t0 = time.perf_counter()
-            budget, planner = self._planner(opts, plan, output, bundle, device)
-            summary.stage_seconds["budget"] = time.perf_counter() - t0
+            words = ("fixed batches" if opts.batch_size > 0 else
+                     "measured device memory" if device.type == "cuda" else "set the batch ceiling")
+            with Phase(summary, "budget", words, opts.progress):
+                budget, planner = self._planner(opts, plan, output, bundle, device)
             stage = DeviceStage(bundle, device, budget)
             writer, bar = self._writer(opts, plan, output, summary)
             for batch in planner:
@@ -179,7 +181,8 @@ class InProcess:
         def save(rec: dict) -> None:
             write_atomic(path, json.dumps(rec, indent=1).encode())
 
-        return budget, BatchPlanner(plan.frames, plan.todo, budget, record, save)
+        return budget, BatchPlanner(plan.frames, plan.todo, budget, record, save,
+                                    max_batch_seconds=MAX_BATCH_SECONDS.get(device.type, 30.0))
 
     def _writer(self, opts, plan, output, summary):
         from tqdm import tqdm
