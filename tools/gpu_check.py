@@ -604,12 +604,12 @@ def run_check(args) -> dict:
                            "setup_seconds": round(time.perf_counter() - started, 1)}
         write_json(args.json, report)
         for name, section in SECTIONS.items():
-            if name not in args.sections:
-                report["sections"][name] = {"status": "not asked for (--sections)"}
-                continue
             if device.type != "cuda" and name in CUDA_ONLY:
                 report["sections"][name] = {"status": f"not applicable on {device.type}",
                                             "reason": CUDA_ONLY[name]}
+                continue
+            if name not in args.sections:
+                report["sections"][name] = {"status": "not asked for (--sections)"}
                 continue
             left = args.time_limit - (time.perf_counter() - started)
             seconds = min(args.boxes[name], left)
