@@ -68,7 +68,7 @@ def test_forced_oom_splits_and_loses_nothing(run):
     assert oom["cap"].startswith("injected")
     assert oom["free_run"]["completed"] and oom["free_run"]["batches"] == 1
     assert oom["split"] and oom["out_of_memory_errors"] >= 1
-    assert oom["batches_run"] >= 2 and oom["largest_batch"] <= 2
+    assert oom["batches_run"] >= 2 and oom["largest_batch"] < oom["utterances"]
     assert oom["every_utterance_once"]
     assert oom["capped_run"]["utterances"] == oom["utterances"] == 4
     assert oom["against_free_run"]["outputs_equal"]

@@ -2,6 +2,7 @@
 
     python tools/gpu_check.py [--device cuda|cpu] [--json PATH] [--work DIR] [--models DIR]
         [--utterances N] [--min-seconds S] [--max-seconds S] [--time-limit SECONDS] [--workers N]
+        [--sections fbank,invariance,throughput_bf16,oom,throughput_fp32,two_workers]
 
 From a bare start: random-weight checkpoints made on the spot (tools/make_checkpoints.py; full
 size on CUDA, tiny on CPU) and a synthetic corpus (durations uniform in [min, max] seconds,
@@ -587,6 +588,10 @@ def run_check(args) -> dict:
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "device": str(device),
                     "machine": machine(device), "options": {k: str(v) for k, v in vars(args).items()},
                     "sections": {}}
+    if device.type == "cpu":
+        # as run_job does on CPU: leave a core to the CPU workers; more compute threads than
+        # free cores make every op wait at the thread barrier (docs/PERFORMANCE.md)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
     if not tn_installed():
         report["text_normaliser"] = adapt_to_missing_tn()
     work = args.work or Path(tempfile.mkdtemp(prefix="preprocess-gpu-check-"))
