@@ -37,6 +37,7 @@ import argparse
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import platform
 import shutil
@@ -104,6 +105,10 @@ class TimeBox:
 
     def _ring(self, signum, frame):
         self.expired = True
+        # the job's child processes (CPU workers, device workers) get no timer signal: stop
+        # them as a SIGTERM does (a device worker commits what it finished first)
+        for child in multiprocessing.active_children():
+            child.terminate()
         raise KeyboardInterrupt
 
     def __enter__(self):
@@ -131,13 +136,19 @@ def adapt_to_missing_tn() -> str:
     """Without WeTextProcessing two steps would fail although no record here needs it:
     make_checkpoints trains the tokenizer on en/zh lines normalised through the TN grammars
     (normalised by basic cleanup instead: the branch of this corpus), and run_job preloads the
-    Chinese grammar for its workers whatever the corpus (skipped). Both only in this process."""
+    Chinese grammar for its workers whatever the corpus (skipped). Only in the processes that
+    run this file."""
     from preprocess.text import TextNormalizer
 
     basic = TextNormalizer.__dict__["basic"]
     TextNormalizer.chinese = TextNormalizer.english = basic
     TextNormalizer.load = lambda self, *branches: None
     return "WeTextProcessing not installed: basic-cleanup branch only (tokenizer and job adapted)"
+
+
+# Adapted at import, so that the job processes spawned from this file (which run its top level
+# again) are adapted too.
+TEXT_NORMALISER = None if tn_installed() else adapt_to_missing_tn()
 
 
 def ensure_models(models_dir: Path, size: str) -> tuple[ModelPaths, float]:
@@ -592,8 +603,8 @@ def run_check(args) -> dict:
         # as run_job does on CPU: leave a core to the CPU workers; more compute threads than
         # free cores make every op wait at the thread barrier (docs/PERFORMANCE.md)
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
-    if not tn_installed():
-        report["text_normaliser"] = adapt_to_missing_tn()
+    if TEXT_NORMALISER:
+        report["text_normaliser"] = TEXT_NORMALISER
     work = args.work or Path(tempfile.mkdtemp(prefix="preprocess-gpu-check-"))
     try:
         paths, made_seconds = ensure_models(args.models or work / "models", args.size)
@@ -650,53 +661,70 @@ def run_check(args) -> dict:
 def _fmt(value, digits=1) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.2e}" if 0 < abs(value) < 0.01 else f"{value:,.{digits}f}"
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def table(report: dict) -> str:
-    s = report["sections"]
-    rows = [("device", report["device"] + (f" ({report['machine'].get('gpu')})" if "gpu" in report["machine"] else "")),
-            ("corpus", f"{report.get('setup', {}).get('corpus_utterances')} utterances, "
-                       f"{_fmt(report.get('setup', {}).get('corpus_audio_seconds'))} s audio")]
+    """The report's headline figures, one row each; "-" where a section did not give them."""
+    sections, setup = report["sections"], report.get("setup", {})
 
-    def status(name):
-        return s.get(name, {}).get("status", "not run")
+    def get(section: str, *keys):
+        value = sections.get(section, {})
+        for key in keys:
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
 
+    def status(section: str) -> str:
+        return f"[{get(section, 'status') or 'not run'}]"
+
+    gpu = report["machine"].get("gpu")
+    rows = [("device", report["device"] + (f" ({gpu})" if gpu else "")),
+            ("corpus", f"{_fmt(setup.get('corpus_utterances'))} utterances, "
+                       f"{_fmt(setup.get('corpus_audio_seconds'))} s audio")]
     for precision in ("bf16", "fp32"):
-        t = s.get(f"throughput_{precision}", {})
-        e, m = t.get("end_to_end", {}), t.get("model_only", {})
-        rows.append((f"{precision} end to end audio s/s (steady)",
-                     f"{_fmt(e.get('audio_seconds_per_second'))} ({_fmt(e.get('steady_audio_seconds_per_second'))}) "
-                     f"over {e.get('utterances', '-')} utt; device busy {_fmt(e.get('device_busy'), 3)} "
-                     f"[{status(f'throughput_{precision}')}]"))
-        rows.append((f"{precision} model-only audio s/s", f"{_fmt(m.get('audio_seconds_per_second'))} "
-                                                          f"({m.get('batches', '-')}/{m.get('of_batches', '-')} batches)"))
-        if e:
-            rows.append((f"{precision} budget, padded frames/batch, peak MiB",
-                         f"cost {_fmt(e.get('budget_cost'), 0)}; mean {_fmt(e.get('padded_frames_per_batch', {}).get('mean'))}"
-                         f" max {_fmt(e.get('padded_frames_per_batch', {}).get('max'))}; padding "
-                         f"{_fmt(e.get('padding_efficiency'), 3)}; peak {_fmt(e.get('peak_device_memory_mib'))}"))
-    o = s.get("oom", {})
-    rows.append(("forced OOM", f"{o.get('cap', '-')}: {o.get('out_of_memory_errors', '-')} OOMs, "
-                               f"{o.get('batches_run', '-')} batches (largest {o.get('largest_batch', '-')}); "
-                               f"every utterance once {o.get('every_utterance_once', '-')}; equal to free run "
-                               f"{o.get('against_free_run', {}).get('outputs_equal', '-')} [{status('oom')}]"))
-    i = s.get("invariance", {})
-    f32, low = i.get("fp32_batched_vs_alone", {}), i.get("bf16_vs_fp32", {})
-    rows.append(("fp32 batched vs alone", f"codes identical {f32.get('codes_identical', '-')}; latent max diff "
-                                          f"{_fmt(max(f32.get('condition_max_abs_diff', 0), f32.get('emo_vec_max_abs_diff', 0)), 2) if f32 else '-'}"
-                                          f" ({i.get('compared_alone', '-')} utt) [{status('invariance')}]"))
-    rows.append(("bf16 vs fp32", f"codes equal {_fmt(low.get('codes_equal_fraction'), 4)}; condition max diff "
-                                 f"{_fmt(low.get('condition_max_abs_diff'), 4)}; emo_vec {_fmt(low.get('emo_vec_max_abs_diff'), 4)}"))
-    fb = s.get("fbank", {})
-    rows.append(("device fbank vs CPU, max diff", f"float64 {_fmt(fb.get('device_float64', {}).get('max_abs_diff'), 2)}; "
-                                                  f"float32 {_fmt(fb.get('device_float32', {}).get('max_abs_diff'), 2)} [{status('fbank')}]"))
-    w = s.get("two_workers", {})
-    rows.append(("two workers / one, one GPU", f"{_fmt(w.get('speedup_two_over_one'), 3)}x [{status('two_workers')}]"))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+        name = f"throughput_{precision}"
+        e2e = lambda *keys: get(name, "end_to_end", *keys)  # noqa: E731
+        rows += [
+            (f"{precision} end to end audio s/s (steady)",
+             f"{_fmt(e2e('audio_seconds_per_second'))} ({_fmt(e2e('steady_audio_seconds_per_second'))}) over "
+             f"{_fmt(e2e('utterances'))} utt; device busy {_fmt(e2e('device_busy'), 3)} {status(name)}"),
+            (f"{precision} model-only audio s/s",
+             f"{_fmt(get(name, 'model_only', 'audio_seconds_per_second'))} "
+             f"({_fmt(get(name, 'model_only', 'batches'))}/{_fmt(get(name, 'model_only', 'of_batches'))} batches)"),
+            (f"{precision} budget, padded frames/batch, peak MiB",
+             f"cost {_fmt(e2e('budget_cost'), 0)}; mean {_fmt(e2e('padded_frames_per_batch', 'mean'))} "
+             f"max {_fmt(e2e('padded_frames_per_batch', 'max'))}; padding {_fmt(e2e('padding_efficiency'), 3)}; "
+             f"peak {_fmt(e2e('peak_device_memory_mib'))}"),
+        ]
+    fp32_alone = lambda key: get("invariance", "fp32_batched_vs_alone", key)  # noqa: E731
+    bf16 = lambda key: get("invariance", "bf16_vs_fp32", key)  # noqa: E731
+    latent_diffs = [x for x in (fp32_alone("condition_max_abs_diff"), fp32_alone("emo_vec_max_abs_diff"))
+                    if x is not None]
+    rows += [
+        ("forced OOM",
+         f"{_fmt(get('oom', 'cap'))}: {_fmt(get('oom', 'out_of_memory_errors'))} OOMs, "
+         f"{_fmt(get('oom', 'batches_run'))} batches (largest {_fmt(get('oom', 'largest_batch'))}); every utterance "
+         f"once {_fmt(get('oom', 'every_utterance_once'))}; equal to free run "
+         f"{_fmt(get('oom', 'against_free_run', 'outputs_equal'))} {status('oom')}"),
+        ("fp32 batched vs alone",
+         f"codes identical {_fmt(fp32_alone('codes_identical'))}; latent max diff "
+         f"{_fmt(max(latent_diffs) if latent_diffs else None, 2)} ({_fmt(get('invariance', 'compared_alone'))} utt) "
+         f"{status('invariance')}"),
+        ("bf16 vs fp32",
+         f"codes equal {_fmt(bf16('codes_equal_fraction'), 4)}; condition max diff "
+         f"{_fmt(bf16('condition_max_abs_diff'), 4)}; emo_vec {_fmt(bf16('emo_vec_max_abs_diff'), 4)}"),
+        ("device fbank vs CPU, max diff",
+         f"float64 {_fmt(get('fbank', 'device_float64', 'max_abs_diff'), 2)}; "
+         f"float32 {_fmt(get('fbank', 'device_float32', 'max_abs_diff'), 2)} {status('fbank')}"),
+        ("two workers / one, one GPU",
+         f"{_fmt(get('two_workers', 'speedup_two_over_one'), 3)}x {status('two_workers')}"),
+    ]
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
