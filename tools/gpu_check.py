@@ -21,6 +21,8 @@ stopped by a timeout still leaves the figures of the sections it finished):
                ModelBundle.run for batches 2..n over the time from the end of batch 1 to the
                end of the last), the budget the probe chose, padded frames per batch, peak
                device memory (after the probe). fp32 runs on the first --fp32-utterances.
+               Audio seconds: run_job's own count end to end; code frames / 50 for model-only
+               and the steady rate (the same within one frame per utterance).
   oom          a sample as one fixed batch, once freely and once under a memory cap
                (torch.cuda.set_per_process_memory_fraction) that the batch does not fit: the
                batch is split, every utterance is written once, outputs equal the free run.
@@ -342,15 +344,15 @@ def model_only(bundle: ModelBundle, inputs: list[tuple], device: torch.device, b
     if not inputs:
         return {"batches": 0}
     bundle.run(*min(inputs, key=lambda x: x[0].numel()))
-    seconds, frames = [], 0
-    for features, lengths_t, lengths_l in inputs:
-        if box.left() < 1.5 * (seconds[-1] if seconds else 0.0) + 0.5:
+    seconds, code_frames = [], 0
+    for features, frames, lengths in inputs:
+        if box.left() < 1.5 * (seconds[-1] if seconds else 0.0) + 0.5:   # the next batch would not fit
             break
         t0 = time.perf_counter()
-        bundle.run(features, lengths_t, lengths_l)
+        bundle.run(features, frames, lengths)
         seconds.append(time.perf_counter() - t0)
-        frames += int(lengths_t.sum())
-    audio = frames / CODES_PER_SECOND
+        code_frames += int(frames.sum())
+    audio = code_frames / CODES_PER_SECOND
     return {"batches": len(seconds), "of_batches": len(inputs), "model_seconds": round(sum(seconds), 3),
             "audio_seconds": round(audio, 3),
             "audio_seconds_per_second": audio / sum(seconds) if seconds else None}
