@@ -277,9 +277,10 @@ def watch_budget_probe(timed: TimedBundle, device: torch.device):
         bundle_module.probe_batch_budget = original
 
 
-def job_options(manifest: Path, out: Path, paths: ModelPaths, tokenizer: Path, args, **overrides) -> JobOptions:
-    options = dict(manifest=manifest, output_dir=out, models=paths, tokenizer=tokenizer, language=LANGUAGE,
-                   val_ratio=0.0, workers=args.workers, device=args.device, progress=False)
+def job_options(ctx, manifest: Path, out: Path, **overrides) -> JobOptions:
+    options = dict(manifest=manifest, output_dir=out, models=ctx.paths, tokenizer=ctx.tokenizer,
+                   language=LANGUAGE, val_ratio=0.0, workers=ctx.args.workers, device=str(ctx.device),
+                   progress=False)
     options.update(overrides)
     return JobOptions(**options)
 
@@ -448,8 +449,7 @@ def section_invariance(ctx, box: TimeBox, out: dict) -> None:
 def section_throughput(ctx, box: TimeBox, out: dict, precision: str) -> None:
     bundle = ctx.bundle(precision)
     timed = TimedBundle(bundle, keep_inputs=True)
-    opts = job_options(ctx.manifests[precision], ctx.work / f"store_{precision}", ctx.paths, ctx.tokenizer,
-                       ctx.args, precision=precision)
+    opts = job_options(ctx, ctx.manifests[precision], ctx.work / f"store_{precision}", precision=precision)
     out["precision"] = precision
     out["end_to_end"] = e2e = end_to_end(opts, timed, ctx.provenance, ctx.device)
     out["model_only"] = mo = model_only(bundle, timed.inputs, ctx.device, box)
@@ -464,7 +464,7 @@ def section_oom(ctx, box: TimeBox, out: dict) -> None:
     bundle = ctx.bundle("fp32")
 
     def opts(name):   # one fixed batch of every utterance
-        return job_options(manifest, ctx.work / name, ctx.paths, ctx.tokenizer, ctx.args, batch_size=count)
+        return job_options(ctx, manifest, ctx.work / name, batch_size=count)
 
     base = torch.cuda.memory_allocated(ctx.device) if ctx.device.type == "cuda" else 0
     free = TimedBundle(bundle)
@@ -512,9 +512,8 @@ def section_two_workers(ctx, box: TimeBox, out: dict) -> None:
     out["note"] = "wall time from the job's start: model load, budget probe and worker start included"
     for name, devices in (("one", [str(ctx.device)]), ("two", [str(ctx.device)] * 2)):
         share = len(devices)
-        opts = job_options(ctx.manifests["two_workers"], ctx.work / f"store_workers_{name}", ctx.paths,
-                           ctx.tokenizer, ctx.args, precision="bf16", workers=max(1, cpu_workers // share),
-                           memory_fraction=0.9 / share)
+        opts = job_options(ctx, ctx.manifests["two_workers"], ctx.work / f"store_workers_{name}",
+                           precision="bf16", workers=max(1, cpu_workers // share), memory_fraction=0.9 / share)
         shutil.rmtree(opts.output_dir, ignore_errors=True)
         t0 = time.perf_counter()
         summary = run_on_devices(opts, devices, ctx.provenance)
@@ -594,9 +593,10 @@ def write_json(path: Path, report: dict) -> None:
 
 
 def run_check(args) -> dict:
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available (use --device cpu)")
+    # with its index: set_per_process_memory_fraction refuses a bare "cuda"
+    device = torch.device("cuda", torch.cuda.current_device()) if args.device == "cuda" else torch.device("cpu")
     started = time.perf_counter()
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "device": str(device),
                     "machine": machine(device), "options": {k: str(v) for k, v in vars(args).items()},
