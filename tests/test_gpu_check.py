@@ -137,10 +137,10 @@ def test_model_only_reruns_every_kept_batch_within_the_box():
     for n in (3, 2):
         frames = torch.full((n,), 50)
         timed.run(torch.zeros(n, 50, 160), frames, frames)
-    mo = gpu_check.model_only(Echo(), timed.inputs, torch.device("cpu"), gpu_check.TimeBox(60))
+    mo = gpu_check.model_only(Echo(), timed.batch_inputs(), torch.device("cpu"), gpu_check.TimeBox(60))
     assert mo["batches"] == mo["of_batches"] == 2
     assert mo["audio_seconds"] == (3 + 2) * 50 / gpu_check.CODES_PER_SECOND
-    none = gpu_check.model_only(Echo(), timed.inputs, torch.device("cpu"), gpu_check.TimeBox(0))
+    none = gpu_check.model_only(Echo(), timed.batch_inputs(), torch.device("cpu"), gpu_check.TimeBox(0))
     assert none["batches"] == 0 and none["of_batches"] == 2
 
 

@@ -36,7 +36,6 @@ With --device cpu every section that needs CUDA says why it does not apply.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import multiprocessing
@@ -61,13 +60,14 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 # The job layer (being split into preprocess/job.py and preprocess/executors/): every import
 # from it is on these two lines.
-from preprocess.pipeline import JobOptions, RunSummary, cpu_budget, is_oom, run_job  # noqa: E402
-from preprocess.launch import run_on_devices  # noqa: E402
+from preprocess.device import is_oom  # noqa: E402
+from preprocess.executors.devices import OnePerDevice  # noqa: E402
+from preprocess.job import Job, RunSummary, run_job  # noqa: E402
+from preprocess.options import JobOptions  # noqa: E402
 
 from preprocess.audio import load_audio, to_16k  # noqa: E402
 from preprocess.batching import batch_cost  # noqa: E402
 from preprocess.frontend import DeviceFbank, collate, fbank, frame_counts, stack_frames  # noqa: E402
-from preprocess.models import bundle as bundle_module  # noqa: E402
 from preprocess.models.bundle import ModelBundle, ModelPaths  # noqa: E402
 from preprocess.provenance import describe_inputs  # noqa: E402
 from preprocess.store.reader import FeatureReader  # noqa: E402
@@ -229,8 +229,6 @@ class TimedBundle:
         self.calls: list[Call] = []
         self.inputs: list[tuple] = []
         self.ooms = 0
-        self.probing = False
-        self.probe_cost: float | None = None
 
     def to(self, device, dtype):
         self.bundle.to(device, dtype)
@@ -244,37 +242,22 @@ class TimedBundle:
                 raise torch.OutOfMemoryError(f"injected: a {items}x{padded} batch is over the cap")
             out = self.bundle.run(features, frames, lengths)   # host arrays: the device is done
         except Exception as e:
-            if is_oom(e) and not self.probing:
+            if is_oom(e):
                 self.ooms += 1
             raise
-        if not self.probing:
-            self.calls.append(Call(t0, time.perf_counter(), items, padded, int(frames.sum())))
-            if self.keep_inputs:
-                self.inputs.append((features.clone(), frames.clone(), lengths.clone()))
+        self.calls.append(Call(t0, time.perf_counter(), items, padded, int(frames.sum())))
+        if self.keep_inputs:
+            self.inputs.append((t0, (features.clone(), frames.clone(), lengths.clone())))
         return out
 
+    def drop_before(self, t: float) -> None:
+        """Forget the calls made before `t`: the job's memory probe runs worst-case batches
+        through the same bundle before its first real batch."""
+        self.calls = [c for c in self.calls if c.start >= t]
+        self.inputs = [x for x in self.inputs if x[0] >= t]
 
-@contextlib.contextmanager
-def watch_budget_probe(timed: TimedBundle, device: torch.device):
-    """Marks the budget probe's batches and records the cost it chose. The job finds the probe
-    as an attribute of the bundle module when it sizes the budget, so it is wrapped there."""
-    original = bundle_module.probe_batch_budget
-
-    def probe(bundle, dev, *args, **kwargs):
-        timed.probing = True
-        try:
-            timed.probe_cost = original(bundle, dev, *args, **kwargs)
-            return timed.probe_cost
-        finally:
-            timed.probing = False
-            if device.type == "cuda":   # the probe fills memory on purpose; report the run's peak
-                torch.cuda.reset_peak_memory_stats(device)
-
-    bundle_module.probe_batch_budget = probe
-    try:
-        yield
-    finally:
-        bundle_module.probe_batch_budget = original
+    def batch_inputs(self) -> list[tuple]:
+        return [x[1] for x in self.inputs]
 
 
 def job_options(ctx, manifest: Path, out: Path, **overrides) -> JobOptions:
@@ -312,11 +295,13 @@ def end_to_end(opts: JobOptions, timed: TimedBundle, provenance: dict, device: t
         torch.cuda.reset_peak_memory_stats(device)
     summary: RunSummary | None = None
     t0 = time.perf_counter()
+    first: list[float] = []   # when the device stage took the job's first real batch
     try:
-        with watch_budget_probe(timed, device):
-            summary = run_job(opts, bundle=timed, provenance=provenance)
+        summary = run_job(opts, bundle=timed, provenance=provenance,
+                          on_batch=lambda timing: first or first.append(timing.start))
     except KeyboardInterrupt:
         pass
+    timed.drop_before(first[0] if first else math.inf)
     t1 = time.perf_counter()
     out = {"completed": summary is not None, "wall_seconds": round(t1 - t0, 3), **timeline(timed.calls, t0, t1)}
     if summary is not None:
@@ -330,10 +315,12 @@ def end_to_end(opts: JobOptions, timed: TimedBundle, provenance: dict, device: t
                    audio_seconds_per_second=audio / (t1 - t0))
     if opts.batch_size:
         out["budget"] = f"fixed: {opts.batch_size} utterances per batch"
-    elif timed.probe_cost is not None:
-        out.update(budget="probed on the device (--batch-size 0)", budget_cost=timed.probe_cost)
-    else:
-        out.update(budget="the CPU budget (--batch-size 0, no probe)", budget_cost=cpu_budget())
+    elif summary is not None and summary.batch_budget:
+        chosen = summary.batch_budget
+        out.update(budget=("measured (--batch-size 0): " +
+                           ("one utterance per batch" if chosen["max_items"] == 1 else "a cost budget")),
+                   budget_cost=chosen["cost"], budget_max_items=chosen["max_items"],
+                   budget_seconds=round(summary.stage_seconds.get("budget", 0.0), 3))
     if device.type == "cuda":
         out["peak_device_memory_mib"] = round(torch.cuda.max_memory_allocated(device) / MIB)
         out["device_memory_mib"] = round(torch.cuda.get_device_properties(device).total_memory / MIB)
@@ -452,7 +439,7 @@ def section_throughput(ctx, box: TimeBox, out: dict, precision: str) -> None:
     opts = job_options(ctx, ctx.manifests[precision], ctx.work / f"store_{precision}", precision=precision)
     out["precision"] = precision
     out["end_to_end"] = e2e = end_to_end(opts, timed, ctx.provenance, ctx.device)
-    out["model_only"] = mo = model_only(bundle, timed.inputs, ctx.device, box)
+    out["model_only"] = mo = model_only(bundle, timed.batch_inputs(), ctx.device, box)
     timed.inputs.clear()
     if mo.get("model_seconds") and mo["batches"] == mo["of_batches"] and e2e["completed"]:
         # the same batches: the share of the end-to-end wall time that the models alone need
@@ -516,7 +503,7 @@ def section_two_workers(ctx, box: TimeBox, out: dict) -> None:
                            precision="bf16", workers=max(1, cpu_workers // share), memory_fraction=0.9 / share)
         shutil.rmtree(opts.output_dir, ignore_errors=True)
         t0 = time.perf_counter()
-        summary = run_on_devices(opts, devices, ctx.provenance)
+        summary = Job(opts, ctx.provenance).run(OnePerDevice(devices))
         wall = time.perf_counter() - t0
         out[name] = {"device_workers": share, "cpu_workers_each": opts.workers,
                      "memory_fraction_each": round(opts.memory_fraction, 3), "utterances": summary.processed,
@@ -547,7 +534,7 @@ class Context:
                  lines: list[dict]):
         self.args, self.work, self.device, self.paths, self.corpus = args, work, device, paths, corpus
         self.tokenizer = paths.config.parent / "bpe.model"
-        self.provenance = describe_inputs(paths, self.tokenizer, work)   # hashed once for every job
+        self.provenance = describe_inputs(paths, self.tokenizer)   # hashed once for every job
         self._bundles: dict[str, ModelBundle] = {}
         subsets = {"bf16": lines, "fp32": lines[:args.fp32_utterances],
                    "oom": spread_sample(lines, args.oom_utterances),

@@ -41,7 +41,8 @@ class BatchTiming:
     wait_seconds: float         # waiting for the CPU stage
     model_seconds: float        # in DeviceStage.run: inputs to the device, models, results back
     candidate: int | None       # budget being measured, if any
-    end: float                  # time.perf_counter() when the device finished it
+    start: float                # time.perf_counter() when the device stage took it
+    end: float                  # ... and when it had finished it
 
 
 @dataclass
@@ -116,7 +117,7 @@ class InProcess:
                 wait = time.perf_counter() - t0
                 prepared = [r for r in results if isinstance(r, Prepared)]
                 rejects = [r for r in results if isinstance(r, Reject)]
-                busy = stage.busy_seconds
+                busy, started = stage.busy_seconds, time.perf_counter()
                 outputs = stage.run_all(prepared)
                 seconds = stage.busy_seconds - busy
                 if prepared:
@@ -137,7 +138,7 @@ class InProcess:
                     self.on_batch(BatchTiming(batch.indices, len(prepared), len(prepared) * longest,
                                               sum(p.frames for p in prepared),
                                               sum(p.audio_seconds for p in prepared), wait, seconds,
-                                              batch.candidate, time.perf_counter()))
+                                              batch.candidate, started, time.perf_counter()))
         except KeyboardInterrupt:
             interrupted = True
         finally:
