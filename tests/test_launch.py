@@ -61,10 +61,14 @@ def _features(out):
             for x in lines}
 
 
-def test_two_devices_equal_one_and_survive_a_crash(reference_run, corpus, tiny_models, tmp_path):
-    # Every worker dies in its second batch: what they finished is merged, the run fails.
-    r = run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu", "--batch-size", "2",
-                env={"PREPROCESS_FAULT": "after_store:2"}, check=False)
+def test_two_devices_equal_one_and_survive_a_crash(reference_run, corpus, tiny_models, tmp_path,
+                                                  monkeypatch):
+    # Every worker dies in its second batch: what they finished is merged, the run fails. The
+    # workers are processes the launcher spawns, so the launcher can run in this one.
+    with monkeypatch.context() as m:
+        m.setenv("PREPROCESS_FAULT", "after_store:2")
+        r = run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu", "--batch-size", "2",
+                    check=False)
     assert r.returncode == 1 and "rerun" in r.stderr
     partial = read_lines(tmp_path / "two" / "train_manifest.jsonl")
     assert 0 < len(partial) < len(GOOD)

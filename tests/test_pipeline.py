@@ -294,9 +294,11 @@ def test_verify_catches_planted_corruption(reference_run, tmp_path):
     assert r.returncode == 1 and "problem" in r.stdout
 
 
-def test_worker_crash_becomes_a_reject(corpus, tiny_models, tmp_path):
-    run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3",
-            env={"PREPROCESS_FAULT": "prepare:zh_b_0"})
+def test_worker_crash_becomes_a_reject(corpus, tiny_models, tmp_path, monkeypatch):
+    # The CPU worker preparing zh_b_0 exits; the workers are processes of their own (spawned),
+    # so the job can run in this one.
+    monkeypatch.setenv("PREPROCESS_FAULT", "prepare:zh_b_0")
+    run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3")
     rejects = read_lines(tmp_path / "rejects.jsonl")
     assert [(x["id"], x["stage"]) for x in rejects] == [("zh_b_0", "prepare")]
     assert "worker process died" in rejects[0]["reason"]
