@@ -48,7 +48,8 @@ def model_paths(tiny_models):
 @pytest.fixture(scope="session")
 def sample_corpus(tmp_path_factory):
     """test_pipeline.GOOD as audio files (several rates, wav and flac, one stereo) and a manifest
-    with relative paths. Shared: tests write their own manifests beside it, never change it."""
+    with relative paths, one for the session: tests may write other manifests beside it but
+    change none of its files."""
     from test_pipeline import make_corpus
 
     return make_corpus(tmp_path_factory.mktemp("corpus"))

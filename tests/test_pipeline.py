@@ -74,11 +74,17 @@ def cli_args(manifest, out, models, *extra):
 
 def invoke(command, args) -> subprocess.CompletedProcess:
     """A click command run in this process, reported as a finished process would be. An
-    exception that escapes the command is raised here: it would be a traceback on stderr."""
+    exception that escapes the command is raised here: it would be a traceback on stderr.
+    The job sets torch's thread count for its device loop; the tests after it keep theirs."""
+    import torch
     from click.testing import CliRunner
 
     args = [str(a) for a in args]
-    result = CliRunner().invoke(command, args, catch_exceptions=False)
+    threads = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(command, args, catch_exceptions=False)
+    finally:
+        torch.set_num_threads(threads)
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
 
