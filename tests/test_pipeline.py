@@ -35,6 +35,9 @@ GOOD = [  # (id, text, language, sample rate, seconds)
 ]
 
 
+TIMEOUT = 600  # seconds for one CLI run
+
+
 def write_clip(path: Path, sr: int, seconds: float, seed: int, stereo=False):
     audio = synthetic_voice("x" * 40, seed, sr)
     n = int(seconds * sr)
@@ -75,15 +78,20 @@ def cli_args(manifest, out, models, *extra):
 def invoke(command, args) -> subprocess.CompletedProcess:
     """A click command run in this process, reported as a finished process would be. An
     exception that escapes the command is raised here: it would be a traceback on stderr.
-    The job sets torch's thread count for its device loop; the tests after it keep theirs."""
+    The job sets torch's thread count for its device loop; the tests after it keep theirs. A
+    run that hangs ends the test session after TIMEOUT s, with every thread's traceback."""
+    import faulthandler
+
     import torch
     from click.testing import CliRunner
 
     args = [str(a) for a in args]
     threads = torch.get_num_threads()
+    faulthandler.dump_traceback_later(TIMEOUT, exit=True, file=sys.__stderr__)
     try:
         result = CliRunner().invoke(command, args, catch_exceptions=False)
     finally:
+        faulthandler.cancel_dump_traceback_later()
         torch.set_num_threads(threads)
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
 
@@ -92,7 +100,7 @@ def run_process(args, env=None) -> subprocess.CompletedProcess:
     """`python -m preprocess ARGS` in a child process."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "preprocess", *map(str, args)], capture_output=True,
-                          text=True, env=full_env, timeout=600)
+                          text=True, env=full_env, timeout=TIMEOUT)
 
 
 def run_cli(manifest, out, models, *extra, env=None, check=True):
