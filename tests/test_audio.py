@@ -122,8 +122,8 @@ def test_to_16k_lengths_match_resampled_length_for_real_signal():
     assert to_16k(x, 44100, mode="direct").shape == (resampled_length(len(x), 44100, 16000),)
 
 
-def test_load_real_wav(shared_dir):
-    path = os.path.join(shared_dir, "data", "cmu_arctic", "arctic_a0007.wav")
+def test_load_real_wav(arctic_dir):
+    path = arctic_dir / "arctic_a0007.wav"
     wave, sr = load_audio(path)
     pcm, _ = sf.read(path, dtype="int16")
     assert sr == 16000 and wave.dtype == np.float32 and wave.shape == pcm.shape == (64000,)

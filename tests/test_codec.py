@@ -1,5 +1,4 @@
 import json
-import os
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ TINY = SemanticCodecConfig(
 
 
 @pytest.fixture(scope="module")
-def reference_keys(shared_dir):
-    with open(os.path.join(shared_dir, "reference", "keys", "semantic_codec_keys.json")) as f:
+def reference_keys(reference_keys_dir):
+    with open(reference_keys_dir / "semantic_codec_keys.json") as f:
         return {name: tuple(v["shape"]) for name, v in json.load(f)["keys"].items()}
 
 

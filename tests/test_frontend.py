@@ -1,8 +1,5 @@
 """Fbank front end against transformers' SeamlessM4TFeatureExtractor (contract §5.1)."""
 
-import glob
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -43,9 +40,9 @@ def ours(waves):
 
 
 @pytest.fixture(scope="module")
-def arctic16k(shared_dir):
-    paths = sorted(glob.glob(os.path.join(shared_dir, "data", "cmu_arctic", "*.wav")))
-    assert paths, "no arctic recordings found"
+def arctic16k(arctic_dir):
+    paths = sorted(arctic_dir.glob("*.wav"))
+    assert len(paths) == 2, "the arctic recordings are missing from tests/data"
     return [to_16k(*load_audio(p)) for p in paths]
 
 

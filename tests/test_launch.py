@@ -1,16 +1,15 @@
 """Several datasets in one run; one worker per device with shards merged; `preprocess merge`."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from preprocess.cli import main, preprocess_data
 from preprocess.executors.devices import deal_shares
 from preprocess.launch import parse_dataset
 from preprocess.verify import verify_output
-from test_pipeline import GOOD, assert_same_output, cli_args, corpus, read_lines, run_cli  # noqa: F401
+from test_pipeline import GOOD, assert_same_output, cli_args, corpus, invoke, read_lines, run_cli  # noqa: F401
 
 
 def split_corpus(corpus, tmp_path):
@@ -28,14 +27,15 @@ def model_flags(models):
 
 def test_two_datasets_in_one_run_equal_separate_runs(corpus, tiny_models, tmp_path):
     a, b = split_corpus(corpus, tmp_path)
-    cmd = [sys.executable, "-m", "preprocess", "data",
-           "--dataset", f"en={a}={tmp_path / 'one_a'}", "--dataset", f"zh={b}={tmp_path / 'one_b'}",
-           *model_flags(tiny_models)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    # a fixed batch size: same batches, so the bytes must be equal (the automatic budget is
+    # timed, and two runs may choose differently)
+    r = invoke(preprocess_data, ["--dataset", f"en={a}={tmp_path / 'one_a'}",
+                                 "--dataset", f"zh={b}={tmp_path / 'one_b'}", *model_flags(tiny_models),
+                                 "--batch-size", "3"])
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Processed") == 2
-    run_cli(a, tmp_path / "sep_a", tiny_models, "--language", "en")
-    run_cli(b, tmp_path / "sep_b", tiny_models, "--language", "zh")
+    run_cli(a, tmp_path / "sep_a", tiny_models, "--language", "en", "--batch-size", "3")
+    run_cli(b, tmp_path / "sep_b", tiny_models, "--language", "zh", "--batch-size", "3")
     assert_same_output(tmp_path / "one_a", tmp_path / "sep_a")
     assert_same_output(tmp_path / "one_b", tmp_path / "sep_b")
     stats = json.loads((tmp_path / "one_b" / "stats.json").read_text())
@@ -65,24 +65,27 @@ def _features(out):
             for x in lines}
 
 
-def test_two_devices_equal_one_and_survive_a_crash(corpus, tiny_models, tmp_path):
-    run_cli(corpus, tmp_path / "one", tiny_models)
-    # Every worker dies in its second batch: what they finished is merged, the run fails.
-    r = run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu", "--batch-size", "2",
-                env={"PREPROCESS_FAULT": "after_store:2"}, check=False)
+def test_two_devices_equal_one_and_survive_a_crash(reference_run, corpus, tiny_models, tmp_path,
+                                                  monkeypatch):
+    # Every worker dies in its second batch: what they finished is merged, the run fails. The
+    # workers are processes the launcher spawns, so the launcher can run in this one.
+    with monkeypatch.context() as m:
+        m.setenv("PREPROCESS_FAULT", "after_store:2")
+        r = run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu", "--batch-size", "2",
+                    check=False)
     assert r.returncode == 1 and "rerun" in r.stderr
     partial = read_lines(tmp_path / "two" / "train_manifest.jsonl")
     assert 0 < len(partial) < len(GOOD)
     assert not (tmp_path / "two" / "shards").exists()
     r = run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu")
-    one, two = _features(tmp_path / "one"), _features(tmp_path / "two")
+    one, two = _features(reference_run), _features(tmp_path / "two")
     assert one.keys() == two.keys() == {g[0] for g in GOOD}
     for id_ in one:
         assert np.array_equal(one[id_]["codes_path"], two[id_]["codes_path"])
         np.testing.assert_allclose(one[id_]["condition_path"], two[id_]["condition_path"], atol=1e-4)
         np.testing.assert_allclose(one[id_]["emo_vec_path"], two[id_]["emo_vec_path"], atol=1e-4)
     for name in ("train_manifest.jsonl", "val_manifest.jsonl"):
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+        assert (reference_run / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
     assert verify_output(tmp_path / "two").ok
 
 
@@ -92,27 +95,24 @@ def test_merge_command_finishes_an_interrupted_merge(corpus, tiny_models, tmp_pa
                 env={"PREPROCESS_FAULT": "before_merge:1"}, check=False)
     assert r.returncode == 137
     assert (out / "shards").is_dir()
-    r = subprocess.run([sys.executable, "-m", "preprocess", "merge", str(out)],
-                       capture_output=True, text=True)
+    r = invoke(main, ["merge", out])
     assert r.returncode == 0, r.stderr
     assert f"merged {len(GOOD)} utterances" in r.stdout
     assert not (out / "shards").exists()
     assert verify_output(out).ok
-    again = subprocess.run([sys.executable, "-m", "preprocess", "merge", str(out)],
-                           capture_output=True, text=True)
+    again = invoke(main, ["merge", out])
     assert again.returncode == 0 and "merged 0 utterances" in again.stdout
     # the job itself now finds everything done
     r = run_cli(corpus, out, tiny_models, "--devices", "cpu,cpu")
     assert f"{len(GOOD)} already done" in r.stdout
 
 
-def test_two_devices_with_the_packed_format(corpus, tiny_models, tmp_path):
+def test_two_devices_with_the_packed_format(reference_run, corpus, tiny_models, tmp_path):
     from preprocess.store import open as open_features
 
-    run_cli(corpus, tmp_path / "one", tiny_models)
     run_cli(corpus, tmp_path / "two", tiny_models, "--devices", "cpu,cpu", "--format", "zarr")
     assert verify_output(tmp_path / "two").ok
-    a, b = open_features(tmp_path / "one"), open_features(tmp_path / "two")
+    a, b = open_features(reference_run), open_features(tmp_path / "two")
     assert sorted(a.ids) == sorted(b.ids)
     for id_ in a.ids:
         assert np.array_equal(a[id_]["codes"], b[id_]["codes"])

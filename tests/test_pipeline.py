@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from preprocess.cli import main
 from preprocess.manifest import is_val
 from preprocess.verify import verify_output
 
@@ -33,6 +35,9 @@ GOOD = [  # (id, text, language, sample rate, seconds)
 ]
 
 
+TIMEOUT = 600  # seconds for one CLI run
+
+
 def write_clip(path: Path, sr: int, seconds: float, seed: int, stereo=False):
     audio = synthetic_voice("x" * 40, seed, sr)
     n = int(seconds * sr)
@@ -42,10 +47,9 @@ def write_clip(path: Path, sr: int, seconds: float, seed: int, stereo=False):
     sf.write(path, audio, sr)
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "wav").mkdir()
+def make_corpus(root: Path) -> Path:
+    """The GOOD records as audio files of several rates and formats, and their manifest."""
+    (root / "wav").mkdir(parents=True)
     lines = []
     for k, (id_, text, lang, sr, secs) in enumerate(GOOD):
         ext = "flac" if k % 3 == 1 else "wav"
@@ -57,6 +61,12 @@ def corpus(tmp_path_factory):
     return manifest
 
 
+@pytest.fixture(scope="module")
+def corpus(sample_corpus):
+    """The session's corpus (conftest.py), under the name the other test modules import."""
+    return sample_corpus
+
+
 def cli_args(manifest, out, models, *extra):
     return ["--manifest", str(manifest), "--output-dir", str(out),
             "--config", str(models / "config.yaml"), "--tokenizer", str(models / "bpe.model"),
@@ -65,10 +75,43 @@ def cli_args(manifest, out, models, *extra):
             "--workers", "1", "--val-ratio", "0.3", "--quiet", *extra]
 
 
-def run_cli(manifest, out, models, *extra, env=None, check=True):
-    cmd = [sys.executable, "-m", "preprocess", "data", *cli_args(manifest, out, models, *extra)]
+def invoke(command, args) -> subprocess.CompletedProcess:
+    """A click command run in this process, reported as a finished process would be. An
+    exception that escapes the command is raised here: it would be a traceback on stderr.
+    The job sets torch's thread count for its device loop; the tests after it keep theirs. A
+    run that hangs ends the test session after TIMEOUT s, with every thread's traceback."""
+    import faulthandler
+
+    import torch
+    from click.testing import CliRunner
+
+    args = [str(a) for a in args]
+    threads = torch.get_num_threads()
+    faulthandler.dump_traceback_later(TIMEOUT, exit=True, file=sys.__stderr__)
+    try:
+        result = CliRunner().invoke(command, args, catch_exceptions=False)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def run_process(args, env=None) -> subprocess.CompletedProcess:
+    """`python -m preprocess ARGS` in a child process."""
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=600)
+    return subprocess.run([sys.executable, "-m", "preprocess", *map(str, args)], capture_output=True,
+                          text=True, env=full_env, timeout=TIMEOUT)
+
+
+def run_cli(manifest, out, models, *extra, env=None, check=True):
+    """preprocess-data in this process; in a child process when `env` is given (PREPROCESS_FAULT
+    points end the process they run in, as a kill would)."""
+    args = cli_args(manifest, out, models, *extra)
+    if env is None:
+        from preprocess.cli import preprocess_data
+        r = invoke(preprocess_data, args)
+    else:
+        r = run_process(["data", *args], env)
     if check and r.returncode != 0:
         raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
     return r
@@ -88,13 +131,6 @@ def assert_same_output(a: Path, b: Path):
     ids_a = sorted(Path(a / ".preprocessing_progress.txt").read_text().splitlines()[1:])
     ids_b = sorted(Path(b / ".preprocessing_progress.txt").read_text().splitlines()[1:])
     assert ids_a == ids_b
-
-
-@pytest.fixture(scope="module")
-def reference_run(corpus, tiny_models, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference")
-    run_cli(corpus, out, tiny_models, "--batch-size", "3")
-    return out
 
 
 def test_output_layout_and_contract(reference_run, corpus):
@@ -169,7 +205,7 @@ def test_resume_after_sigkill(reference_run, corpus, tiny_models, tmp_path):
 
 
 def test_rerun_is_a_noop_and_changed_settings_are_refused(reference_run, corpus, tiny_models, tmp_path):
-    run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3")
+    shutil.copytree(reference_run, tmp_path, dirs_exist_ok=True)  # a finished run of these settings
     r = run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3")
     assert "Processed 0 utterances" in r.stdout and f"{len(GOOD)} already done" in r.stdout
     assert_same_output(reference_run, tmp_path)
@@ -248,8 +284,6 @@ def test_missing_model_file_names_the_flag(corpus, tiny_models, tmp_path):
 
 
 def test_verify_catches_planted_corruption(reference_run, tmp_path):
-    import shutil
-
     out = tmp_path / "out"
     shutil.copytree(reference_run, out)
     lines = read_lines(out / "train_manifest.jsonl")
@@ -270,14 +304,15 @@ def test_verify_catches_planted_corruption(reference_run, tmp_path):
     assert "NaN" in text and c["id"] in text
     assert "text_len" in text and d["id"] in text
     assert "twice" in text
-    r = subprocess.run([sys.executable, "-m", "preprocess", "verify", str(out)],
-                       capture_output=True, text=True)
+    r = invoke(main, ["verify", out])
     assert r.returncode == 1 and "problem" in r.stdout
 
 
-def test_worker_crash_becomes_a_reject(corpus, tiny_models, tmp_path):
-    run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3",
-            env={"PREPROCESS_FAULT": "prepare:zh_b_0"})
+def test_worker_crash_becomes_a_reject(corpus, tiny_models, tmp_path, monkeypatch):
+    # The CPU worker preparing zh_b_0 exits; the workers are processes of their own (spawned),
+    # so the job can run in this one.
+    monkeypatch.setenv("PREPROCESS_FAULT", "prepare:zh_b_0")
+    run_cli(corpus, tmp_path, tiny_models, "--batch-size", "3")
     rejects = read_lines(tmp_path / "rejects.jsonl")
     assert [(x["id"], x["stage"]) for x in rejects] == [("zh_b_0", "prepare")]
     assert "worker process died" in rejects[0]["reason"]

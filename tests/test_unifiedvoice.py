@@ -3,7 +3,6 @@
 import argparse
 import json
 import math
-import os
 import warnings
 
 import pytest
@@ -72,8 +71,8 @@ def tiny_model():
 # --- layout -------------------------------------------------------------------------------
 
 
-def test_official_config_matches_checkpoint_key_list(shared_dir):
-    with open(os.path.join(shared_dir, "reference", "keys", "gpt_conditioning_keys.json")) as f:
+def test_official_config_matches_checkpoint_key_list(reference_keys_dir):
+    with open(reference_keys_dir / "gpt_conditioning_keys.json") as f:
         reference = json.load(f)
     config = ConditioningConfig.from_gpt_section(OFFICIAL_GPT)
     assert config.num_latents == 32  # condition_num_latent absent -> 32
