@@ -135,17 +135,15 @@ def tn_installed() -> bool:
 
 
 def adapt_to_missing_tn() -> str:
-    """Without WeTextProcessing two steps would fail although no record here needs it:
+    """Without WeTextProcessing one step would fail although no record here needs it:
     make_checkpoints trains the tokenizer on en/zh lines normalised through the TN grammars
-    (normalised by basic cleanup instead: the branch of this corpus), and run_job preloads the
-    Chinese grammar for its workers whatever the corpus (skipped). Only in the processes that
-    run this file."""
+    (normalised by basic cleanup instead: the branch of this corpus). Only in the processes that
+    run this file; the job itself loads a grammar only for a record whose branch needs it."""
     from preprocess.text import TextNormalizer
 
     basic = TextNormalizer.__dict__["basic"]
     TextNormalizer.chinese = TextNormalizer.english = basic
-    TextNormalizer.load = lambda self, *branches: None
-    return "WeTextProcessing not installed: basic-cleanup branch only (tokenizer and job adapted)"
+    return "WeTextProcessing not installed: basic-cleanup branch only (tokenizer adapted)"
 
 
 # Adapted at import, so that the job processes spawned from this file (which run its top level

@@ -109,6 +109,9 @@ class SemanticEncoder(nn.Module):
         self.config = config  # the full model's config, for the record
         truncated = copy.deepcopy(config)
         truncated.num_hidden_layers = layer
+        # The reference ran eager attention (transformers 4.x's only path here); transformers 5
+        # would pick another kernel and move codes (measured: 19 % differ), so say it.
+        truncated._attn_implementation = "eager"
         self.feature_projection = Wav2Vec2BertFeatureProjection(truncated)
         # The HF encoder has no op after its last layer (no final norm): its output is exactly
         # the last entry of hidden_states, i.e. hidden_states[layer] of the full model. The
