@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -51,8 +50,8 @@ for p in (ROOT, ROOT / "tools"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
-import numpy as np  # noqa: E402
-import soundfile as sf  # noqa: E402
+import numpy as np
+import soundfile as sf
 
 CHARS_PER_SECOND = {"en": 15.0, "zh": 5.0}
 COMPONENTS = ("decode", "mono", "resample", "fbank", "text")
@@ -96,7 +95,7 @@ def make_corpus(out: Path, language: str, count: int, min_s: float, max_s: float
         rate = rates[i % len(rates)]
         if rate not in voice:
             voice[rate] = synthetic_voice("x" * 150, seed * 7919 + rate, rate)  # 12 s, tiled
-        n = int(round(seconds * rate))
+        n = round(seconds * rate)
         audio = np.resize(voice[rate], n)
         if stereo_every and i % stereo_every == stereo_every - 1:
             audio = np.stack([audio, 0.5 * audio], axis=1)
@@ -198,7 +197,7 @@ def run(items: list[dict], tokenizer_path: Path, compare_reference: bool = True)
     audio = sum(it["seconds"] for it in items)
     chars = sum(len(T.clean_text(it["text"])) for it in items)
     stage_cpu = sum(clock.cpu[k] for k in COMPONENTS)
-    per = lambda k: round(audio / clock.cpu[k], 1) if clock.cpu.get(k) else None  # noqa: E731
+    per = lambda k: round(audio / clock.cpu[k], 1) if clock.cpu.get(k) else None
     report = {
         "utterances": len(items), "audio_seconds": round(audio, 1), "text_characters": chars,
         "cpu_seconds": {k: round(v, 3) for k, v in clock.cpu.items()},

@@ -43,7 +43,7 @@ def prepare(text: str, language: str) -> str:
 def _run(fn, text):
     try:
         return fn(text), None
-    except Exception as e:  # the reference's failure is part of its behaviour
+    except Exception as e:  # noqa: BLE001 - the reference's failure is part of its behaviour
         return None, type(e).__name__
 
 
@@ -52,9 +52,10 @@ def load_average() -> list[float]:
 
 
 def check(language: str, count: int, seed: int, time_every: int = 1, progress: int = 0) -> dict:
+    from text_sentences import sentences
+
     from preprocess.text import get_normaliser, get_tn
     from preprocess.text_fast import FastNormalizer
-    from text_sentences import sentences
 
     reference = get_tn(language)
     fast = get_normaliser(language)

@@ -73,7 +73,7 @@ def utf8_chars(acceptor) -> set[str]:
             else:
                 follow(nxt, prefix + bytes([label]), need - 1)
 
-    for s, out in arcs.items():
+    for out in arcs.values():
         for label, nxt in out:
             if label == 0:
                 raise ValueError("acceptor has epsilon arcs; rmepsilon first")
@@ -92,7 +92,6 @@ def english_facts() -> dict:
     import pynini
     from pynini.lib import byte
     from pynini.lib.pynutil import delete
-
     from tn.english.rules.cardinal import Cardinal
     from tn.english.rules.date import Date
     from tn.english.rules.decimal import Decimal
@@ -159,7 +158,6 @@ def english_facts() -> dict:
 def chinese_facts() -> dict:
     import pynini
     from pynini.lib import byte
-
     from tn.chinese.rules.cardinal import Cardinal
     from tn.chinese.rules.date import Date
     from tn.chinese.rules.fraction import Fraction
@@ -209,7 +207,7 @@ def chinese_facts() -> dict:
             if pynini.shortestpath(pynini.accep(ch) @ fst).string() != ch:
                 excluded.add(ch)
                 break
-    ideograph = lambda c: 0x4E00 <= ord(c) < 0xA000  # noqa: E731
+    ideograph = lambda c: 0x4E00 <= ord(c) < 0xA000
     return {"ideograph_range": [0x4E00, 0x9FFF],
             "excluded": "".join(sorted(filter(ideograph, excluded))),
             "excluded_with_digit": "".join(sorted(filter(ideograph, near_digit - excluded))),

@@ -23,48 +23,20 @@ import random
 import re
 import sys
 
-EN_WORDS = (
-    "the a an of and to in is was he she it that this for on with as his her they at by from "
-    "we you be have had not but what all were when there can said one which their if do will "
-    "each about how up out them then many some so these would other into has more two like him "
-    "see time could no make than first been its who now people my made over did down only way "
-    "find use may water long little very after words called just where most know get through "
-    "back much go good new write our me man too any day same right look think also around "
-    "another came come work three word must because does part even place well such here take "
-    "why things help put years different away again off went old number great tell men say "
-    "small every found still between name should home big give air line set own under read last "
-    "never us left end along while might next sound below saw something thought both few those "
-    "always looked show large often together asked house world going want school important "
-    "until form food keep children feet land side without boy once animals life enough took "
-    "sometimes four head above kind began almost live page got earth need far hand high year "
-    "mother light parts country father let night following picture being study second eyes "
-    "soon times story boys since white days ever paper hard near sentence better best across "
-    "during today others however sure means knew try told young miles sun ways thing whole "
-    "hear example heard several change answer room sea against top turned learn point city "
-    "play toward five using himself usually money seen car morning body upon family later "
-    "move face door cut done group true leave color red friends pretty eat front feel fact "
-    "hands week eight girls half ran birds open seemed table certain heavy window river "
-    "television doctor mister street saint mount avenue sea shore danger trail quick brown fox "
-    "jumps lazy dog cell phone email meter gram second minute hour percent dollar cents euro "
-    "march may june august january sunday monday am pm no us it in or me hi ok oh ah"
-).split()
-EN_CAPITALISED = ("Philip Steels London Paris Amazon Google Mary John Chicago Texas Austin Boston "
-                  "Alice Bob Smith Baker Washington Lincoln Apple Monday Friday April May").split()
-EN_WHITELIST = ("Mr Mr. Mrs Mrs. Ms Dr Dr. St St. Jr Jr. Sr Prof. vs vs. etc etc. e.g. i.e. "
-                "a.m. p.m. TV Ave. Mt. Ltd Inc. Co. No. Vol. Fig. approx. U.S. U.S.A USA UK NASA "
-                "FBI CEO OK AI PhD DVD CD km kg cm mm ft lb oz mph kph").split()
-EN_STATES = "CA NY TX WA FL IL MA OH PA GA NJ MI VA AZ CO OR".split()
+EN_WORDS = ["the", "a", "an", "of", "and", "to", "in", "is", "was", "he", "she", "it", "that", "this", "for", "on", "with", "as", "his", "her", "they", "at", "by", "from", "we", "you", "be", "have", "had", "not", "but", "what", "all", "were", "when", "there", "can", "said", "one", "which", "their", "if", "do", "will", "each", "about", "how", "up", "out", "them", "then", "many", "some", "so", "these", "would", "other", "into", "has", "more", "two", "like", "him", "see", "time", "could", "no", "make", "than", "first", "been", "its", "who", "now", "people", "my", "made", "over", "did", "down", "only", "way", "find", "use", "may", "water", "long", "little", "very", "after", "words", "called", "just", "where", "most", "know", "get", "through", "back", "much", "go", "good", "new", "write", "our", "me", "man", "too", "any", "day", "same", "right", "look", "think", "also", "around", "another", "came", "come", "work", "three", "word", "must", "because", "does", "part", "even", "place", "well", "such", "here", "take", "why", "things", "help", "put", "years", "different", "away", "again", "off", "went", "old", "number", "great", "tell", "men", "say", "small", "every", "found", "still", "between", "name", "should", "home", "big", "give", "air", "line", "set", "own", "under", "read", "last", "never", "us", "left", "end", "along", "while", "might", "next", "sound", "below", "saw", "something", "thought", "both", "few", "those", "always", "looked", "show", "large", "often", "together", "asked", "house", "world", "going", "want", "school", "important", "until", "form", "food", "keep", "children", "feet", "land", "side", "without", "boy", "once", "animals", "life", "enough", "took", "sometimes", "four", "head", "above", "kind", "began", "almost", "live", "page", "got", "earth", "need", "far", "hand", "high", "year", "mother", "light", "parts", "country", "father", "let", "night", "following", "picture", "being", "study", "second", "eyes", "soon", "times", "story", "boys", "since", "white", "days", "ever", "paper", "hard", "near", "sentence", "better", "best", "across", "during", "today", "others", "however", "sure", "means", "knew", "try", "told", "young", "miles", "sun", "ways", "thing", "whole", "hear", "example", "heard", "several", "change", "answer", "room", "sea", "against", "top", "turned", "learn", "point", "city", "play", "toward", "five", "using", "himself", "usually", "money", "seen", "car", "morning", "body", "upon", "family", "later", "move", "face", "door", "cut", "done", "group", "true", "leave", "color", "red", "friends", "pretty", "eat", "front", "feel", "fact", "hands", "week", "eight", "girls", "half", "ran", "birds", "open", "seemed", "table", "certain", "heavy", "window", "river", "television", "doctor", "mister", "street", "saint", "mount", "avenue", "sea", "shore", "danger", "trail", "quick", "brown", "fox", "jumps", "lazy", "dog", "cell", "phone", "email", "meter", "gram", "second", "minute", "hour", "percent", "dollar", "cents", "euro", "march", "may", "june", "august", "january", "sunday", "monday", "am", "pm", "no", "us", "it", "in", "or", "me", "hi", "ok", "oh", "ah"]
+EN_CAPITALISED = ["Philip", "Steels", "London", "Paris", "Amazon", "Google", "Mary", "John", "Chicago", "Texas", "Austin", "Boston", "Alice", "Bob", "Smith", "Baker", "Washington", "Lincoln", "Apple", "Monday", "Friday", "April", "May"]
+EN_WHITELIST = ["Mr", "Mr.", "Mrs", "Mrs.", "Ms", "Dr", "Dr.", "St", "St.", "Jr", "Jr.", "Sr", "Prof.", "vs", "vs.", "etc", "etc.", "e.g.", "i.e.", "a.m.", "p.m.", "TV", "Ave.", "Mt.", "Ltd", "Inc.", "Co.", "No.", "Vol.", "Fig.", "approx.", "U.S.", "U.S.A", "USA", "UK", "NASA", "FBI", "CEO", "OK", "AI", "PhD", "DVD", "CD", "km", "kg", "cm", "mm", "ft", "lb", "oz", "mph", "kph"]
+EN_STATES = ["CA", "NY", "TX", "WA", "FL", "IL", "MA", "OH", "PA", "GA", "NJ", "MI", "VA", "AZ", "CO", "OR"]
 EN_PUNCT = list(",.;:!?") + ["...", " -", " - ", "--", "'", '"', "(", ")", "[", "]", "/", "&", "*",
                               "#", "%", "@", "+", "=", "~", "<", ">", "{", "}", "|", "\\", "…", "—",
                               "–", "“", "”", "‘", "’", "«", "»", "¿", "¡"]
 EN_SPACES = [" ", " ", " ", " ", " ", "  ", "   ", "\t", "\u00a0", "\n", " \n "]
-MONTHS = ("January February March April May June July August September October November December "
-          "Jan Feb Mar Apr Jun Jul Aug Sep Sept Oct Nov Dec").split()
-WEEKDAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday Mon Tue Wed Thu Fri Sat Sun".split()
-UNITS = "km kg g mg cm mm m ml l ft in lb lbs oz mph km/h kph °C °F % GB MB kb Hz kHz".split()
+MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December", "Jan", "Feb", "Mar", "Apr", "Jun", "Jul", "Aug", "Sep", "Sept", "Oct", "Nov", "Dec"]
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+UNITS = ["km", "kg", "g", "mg", "cm", "mm", "m", "ml", "l", "ft", "in", "lb", "lbs", "oz", "mph", "km/h", "kph", "°C", "°F", "%", "GB", "MB", "kb", "Hz", "kHz"]
 CURRENCY = ["$", "£", "€", "¥", "US$", "₩"]
 DOMAINS = ["com", "org", "net", "edu", "io", "co.uk", "gov"]
-ROMAN = "I II III IV V VI VII VIII IX X XI XII XIV XIX XX L C D M".split()
+ROMAN = ["I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX", "X", "XI", "XII", "XIV", "XIX", "XX", "L", "C", "D", "M"]
 
 
 def _number(rng: random.Random) -> str:
@@ -84,7 +56,7 @@ def _number(rng: random.Random) -> str:
 
 def _en_special(rng: random.Random) -> str:
     """One rewritable expression."""
-    n = lambda a, b: rng.randint(a, b)  # noqa: E731
+    n = lambda a, b: rng.randint(a, b)
     choices = [
         lambda: _number(rng),
         lambda: f"-{_number(rng)}",
@@ -183,7 +155,7 @@ ZH_UNITS = "个只本天年月日号点分秒元块角毛米千米公里公斤�
 
 
 def _zh_special(rng: random.Random) -> str:
-    n = lambda a, b: rng.randint(a, b)  # noqa: E731
+    n = lambda a, b: rng.randint(a, b)
     choices = [
         lambda: _number(rng),
         lambda: f"{n(1900, 2099)}年{n(1, 12)}月{n(1, 31)}日",
