@@ -14,7 +14,8 @@ Text normalisation (TN) grammars come from WeTextProcessing (`tn.chinese` / `tn.
 package the reference uses on Linux, with the reference's options. They are loaded lazily (only
 when a branch needs them) and once per process. The English grammar ships prebuilt with the
 package; the Chinese grammar with the reference options (erhua and interjections kept) does not,
-so it is compiled once (~15 s) and cached on disk (see `tn_cache_dir`).
+so it is compiled once (~15 s) and cached on disk (see `tn_cache_dir`). The branches call them
+through `get_normaliser`, an exact fast path with the same output (preprocess/text_fast.py).
 """
 
 from __future__ import annotations
