@@ -46,8 +46,8 @@ class AudioError(Exception):
     """A file that cannot become a waveform. The message names the file and the cause."""
 
 
-def load_audio(path) -> tuple[np.ndarray, int]:
-    """Decode `path` (wav/flac/ogg/mp3, whatever libsndfile reads) -> (float32 mono [N], native rate)."""
+def decode(path) -> tuple[np.ndarray, int]:
+    """Decode `path` (wav/flac/ogg/mp3, whatever libsndfile reads) -> (float32 [N, C], native rate)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AudioError(f"{path}: file not found")
@@ -61,12 +61,23 @@ def load_audio(path) -> tuple[np.ndarray, int]:
         raise AudioError(f"{path}: empty audio (0 samples)")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: audio contains NaN or Inf samples")
+    return data, int(sr)
+
+
+def mix_to_mono(data: np.ndarray) -> np.ndarray:
+    """float32 [N, C] -> float32 mono [N]: the channel mean, exactly as the reference computes it."""
     if data.shape[1] == 1:
-        return np.ascontiguousarray(data[:, 0]), int(sr)
+        return np.ascontiguousarray(data[:, 0])
     # the reference averages a channels-first float32 tensor; doing the same reduction on the
     # same layout keeps multi-channel mixes bit-identical to it
     channels_first = torch.from_numpy(np.ascontiguousarray(data.T))  # [C, N]
-    return channels_first.mean(dim=0).numpy(), int(sr)
+    return channels_first.mean(dim=0).numpy()
+
+
+def load_audio(path) -> tuple[np.ndarray, int]:
+    """Decode `path` -> (float32 mono [N], native rate): `decode` then `mix_to_mono`."""
+    data, sr = decode(path)
+    return mix_to_mono(data), sr
 
 
 def probe_duration(path) -> float:

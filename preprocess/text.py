@@ -14,7 +14,8 @@ Text normalisation (TN) grammars come from WeTextProcessing (`tn.chinese` / `tn.
 package the reference uses on Linux, with the reference's options. They are loaded lazily (only
 when a branch needs them) and once per process. The English grammar ships prebuilt with the
 package; the Chinese grammar with the reference options (erhua and interjections kept) does not,
-so it is compiled once (~15 s) and cached on disk (see `tn_cache_dir`).
+so it is compiled once (~15 s) and cached on disk (see `tn_cache_dir`). The branches call them
+through `get_normaliser`, an exact fast path with the same output (preprocess/text_fast.py).
 """
 
 from __future__ import annotations
@@ -227,6 +228,41 @@ def _load_english_tn():
 
 
 _TN_LOADERS = {"zh": _load_chinese_tn, "en": _load_english_tn}
+_fast_loaded: dict[str, object] = {}
+
+
+def _compiled_grammar_files(lang: str) -> dict[str, Path]:
+    if lang == "zh":
+        root, prefix = tn_cache_dir(), "zh"
+    else:
+        import tn
+
+        root, prefix = Path(tn.__file__).parent, "en"
+    return {f"{prefix}_tagger": root / f"{prefix}_tn_tagger.fst",
+            f"{prefix}_verbalizer": root / f"{prefix}_tn_verbalizer.fst"}
+
+
+def tn_fast_path_enabled() -> bool:
+    """The exact fast path (preprocess/text_fast.py) is on unless PREPROCESS_TN_FAST=0."""
+    return os.environ.get("PREPROCESS_TN_FAST", "1") != "0"
+
+
+def get_normaliser(lang: str):
+    """What the branches call: the exact fast path around `get_tn(lang)` (same output, see
+    preprocess/text_fast.py), or the reference itself when the fast path is off."""
+    fast = _fast_loaded.get(lang)
+    if fast is None or fast.reference is not get_tn(lang):
+        from preprocess.text_fast import FastNormalizer, facts_for_installed_grammar
+
+        reference = get_tn(lang)
+        with _tn_lock:
+            fast = _fast_loaded.get(lang)
+            if fast is None or fast.reference is not reference:
+                enabled = tn_fast_path_enabled() and hasattr(reference, "tagger")
+                facts = facts_for_installed_grammar(_compiled_grammar_files(lang)) if enabled else None
+                fast = FastNormalizer(reference, lang, facts)
+                _fast_loaded[lang] = fast
+    return fast
 
 
 def get_tn(lang: str):
@@ -322,7 +358,7 @@ class TextNormalizer:
         """Load the TN grammars of `branches` now (default zh and en), e.g. before forking workers."""
         for lang in branches or ("zh", "en"):
             if lang in _TN_LOADERS:
-                get_tn(lang)
+                get_normaliser(lang)
 
     @staticmethod
     def basic(text: str) -> str:
@@ -340,7 +376,7 @@ class TextNormalizer:
         text = expand_contractions(text).rstrip()
         text, pinyin = _protect(PINYIN_TONE, text, "pinyin")
         text, names = _protect(CHINESE_NAME, text, "n")
-        tn = get_tn("zh")
+        tn = get_normaliser("zh")
         try:
             result = tn.normalize(text)
         except Exception as e:  # the reference keeps the input when the grammar fails
@@ -353,7 +389,7 @@ class TextNormalizer:
     @staticmethod
     def english(text: str) -> str:
         text = expand_contractions(text)
-        tn = get_tn("en")
+        tn = get_normaliser("en")
         try:
             result = tn.normalize(text)
         except Exception as e:  # the reference falls back to basic cleanup

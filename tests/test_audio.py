@@ -186,3 +186,21 @@ def test_load_errors_name_the_file(tmp_path):
 
     with pytest.raises(AudioError, match="not a regular file"):
         load_audio(tmp_path)
+
+
+def test_decode_and_mix_to_mono_make_load_audio(tmp_path):
+    """load_audio = mix_to_mono(decode(path)); the parts are timed separately by the CPU-stage bench."""
+    from preprocess.audio import decode, mix_to_mono
+
+    rng = np.random.default_rng(7)
+    stereo = (rng.standard_normal((4410, 2)) * 0.2).astype(np.float32)
+    path = tmp_path / "s.wav"
+    sf.write(path, stereo, 44100, subtype="FLOAT")
+    data, sr = decode(path)
+    assert data.shape == (4410, 2) and data.dtype == np.float32 and sr == 44100
+    mono = mix_to_mono(data)
+    wave, sr2 = load_audio(path)
+    assert sr2 == sr and np.array_equal(mono, wave)
+    assert np.array_equal(mono, torch.from_numpy(np.ascontiguousarray(stereo.T)).mean(dim=0).numpy())
+    one = mix_to_mono(data[:, :1])
+    assert one.flags["C_CONTIGUOUS"] and np.array_equal(one, stereo[:, 0])

@@ -158,3 +158,23 @@ def test_device_fbank_float32_compute_tolerance(arctic16k):
 def test_device_fbank_output_dtype():
     feats, frames, lengths = DeviceFbank("cpu", dtype=torch.bfloat16)([torch.from_numpy(noise(4000, seed=8))])
     assert feats.dtype == torch.bfloat16 and frames.tolist() == [12] and lengths.tolist() == [11]
+
+
+def test_fbank_bits_do_not_depend_on_blas_threads():
+    """The mel product is the one BLAS call; CPU workers may run it on one BLAS thread (much less
+    CPU time on a shared machine) only because the result is the same to the bit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import hashlib, numpy as np; from preprocess.frontend import fbank;"
+            "w = (np.random.default_rng(3).standard_normal(16000 * 7 + 123) * 0.2).astype(np.float32);"
+            "print(hashlib.sha256(fbank(w).tobytes()).hexdigest())")
+    digests = set()
+    for threads in ("1", "2", "4"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
+        out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                             capture_output=True, text=True, check=True)
+        digests.add(out.stdout.strip())
+    assert len(digests) == 1
