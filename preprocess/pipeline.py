@@ -34,7 +34,7 @@ from .batching import Budget, batch_cost, frames_for_seconds, take_batch
 from .manifest import Record, Reject, is_val, read_manifest, resolve_audio
 from .store.dataset import OutputDir
 from .provenance import fingerprint_of
-from .store.npy import NpyStore, UtteranceFeatures
+from .store.npy import UtteranceFeatures
 from .store.stats import write_stats
 
 if TYPE_CHECKING:  # the CPU workers import this module; they need no model code
@@ -502,12 +502,9 @@ def output_options(opts: JobOptions) -> dict:
 
 
 def open_store(path: Path, fmt: str = "npy", latent_dtype: str = "float32"):
-    if fmt == "zarr":
-        from .store.zarr import ZarrStore
-        # One condition shard per flush: each shard file is written once, not once per batch.
-        # A crash loses at most the rows buffered since the last flush; they are recomputed.
-        return ZarrStore(path, latent_dtype=latent_dtype, flush_rows=1024)
-    return NpyStore(path)
+    from .store.formats import open_writer
+
+    return open_writer(path, fmt, latent_dtype)
 
 
 def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,

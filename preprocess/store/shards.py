@@ -1,0 +1,109 @@
+"""Adopting finished shards (per-device or per-job sub-stores under OUT/shards/<k>/) into OUT.
+
+A shard's data is made durable in OUT first (npy: files hard-linked into place; zarr: rows
+appended to OUT's store, resumably), then its manifest lines are adopted (manifest, then
+journal), then its rejects; a shard is deleted only after all of it is adopted. So a crash
+mid-merge loses nothing, and a rerun (or `preprocess merge OUT`) completes it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from ..contract import MANIFESTS, REJECTS, SHARDS, STATS
+from ..manifest import Reject, read_output_manifest
+from .dataset import OutputDir, OutputExists
+from .formats import detect_format, format_named
+from .fsutil import syncfs
+from .journal import ConfigMismatch, Journal
+from .stats import write_stats
+
+
+def shard_dirs(out: Path) -> list[Path]:
+    root = out / SHARDS
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def merge_shards(output: OutputDir) -> int:
+    """Adopt every finished record of OUT/shards/* into OUT, then delete the shards.
+    Idempotent: records already adopted are skipped. Returns the number adopted."""
+    root = output.path / SHARDS
+    if not root.is_dir():
+        return 0
+    fmt = format_named(output.store.format)
+    adopted = 0
+    for shard in shard_dirs(output.path):
+        fp = Journal.read_fingerprint(shard)
+        if fp is None:
+            shutil.rmtree(shard)
+            continue
+        if fp != output.journal.fingerprint:
+            raise ConfigMismatch(f"{shard} was made with other settings than {output.path}; "
+                                 "remove it or rerun with its settings")
+        # Opening the shard as an output takes its lock and drops what its journal does not
+        # mark done (a crash between its manifest append and its journal).
+        sub = OutputDir(shard, fp, fmt.reopen_writer(shard))
+        try:
+            todo = [(split, line) for split, name in MANIFESTS.items()
+                    for line in read_output_manifest(shard / name)[0]
+                    if line["id"] not in output.done]
+            moved = fmt.adopt(output.store, shard, [line for _, line in todo])
+            lines = [(split, line) for (split, _), line in zip(todo, moved)]
+            syncfs(output.path)
+            output.adopt(lines)
+            adopted += len(lines)
+            rejects = read_output_manifest(shard / REJECTS, require_id=False)[0]
+            output.add_rejects(Reject(r["line"], r.get("id"), r["stage"], r["reason"]) for r in rejects)
+        finally:
+            sub.close()
+        shutil.rmtree(shard)
+    root.rmdir()
+    return adopted
+
+
+def merge_command(out: Path) -> int:
+    """`preprocess merge OUT`: finish a merge that a crash interrupted. stats.json keeps the
+    provenance and the last run's record of OUT or, where OUT has none yet, of a shard."""
+    shards = shard_dirs(out)
+    fp = Journal.read_fingerprint(out)
+    if fp is None:
+        fp = Journal.read_fingerprint(shards[0]) if shards else None
+    if fp is None:
+        raise OutputExists(f"{out}: nothing to merge (no progress file in it or in {out / SHARDS})")
+    own, of_shards = _finished_stats(out), [s for s in map(_finished_stats, shards) if s]
+    provenance = (own or (of_shards[0] if of_shards else {})).get("provenance", {})
+    run = combined_runs([s["last_run"] for s in of_shards if isinstance(s.get("last_run"), dict)]) \
+        or own.get("last_run")
+    fmt = detect_format(out, *shards)
+    output = OutputDir(out, fp, fmt.writer(out, provenance.get("options", {}).get("latent_dtype", "float32")))
+    try:
+        n = merge_shards(output)
+        output.finalize()
+        write_stats(out, provenance, run=run)
+    finally:
+        output.close()
+    return n
+
+
+def combined_runs(runs: list[dict]) -> dict | None:
+    """One record of the shards' runs: counts summed, anything else as the first shard has it,
+    and how many shards ran."""
+    if not runs:
+        return None
+    combined = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            combined[key] = sum(r.get(key, 0) for r in runs if isinstance(r.get(key, 0), int))
+    combined["shards"] = len(runs)
+    return combined
+
+
+def _finished_stats(d: Path) -> dict:
+    """The stats.json of `d` where a run finished it (it has a provenance); else {}."""
+    try:
+        stats = json.loads((d / STATS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) and isinstance(stats.get("provenance"), dict) else {}
