@@ -8,35 +8,39 @@ becomes a reject (stage "text-ids"), as in the main job. stats.json and the jour
 then describe the new tokenizer, so preprocess-data with it resumes this output.
 
 All work runs under the output directory's lock (OutputDir, which also repairs what an
-interrupted preprocess-data run left). The steps:
+interrupted preprocess-data run left). The store's part of each step is its TextIdsStaging
+(preprocess/store/formats.py; npy/text_ids.py and zarr/text_ids.py say how each format does it).
+The steps:
 
-  A  compute    New ids for every manifest record, in chunks. Each chunk is made durable (npy:
-                files at new paths text_ids/g<N>/<xx>/<id>.npy) and then appended to
+  A  compute    New ids for every manifest record, in chunks. Each chunk is made durable by the
+                store (`stage`: the npy layout writes them at new paths) and then appended to
                 .text_ids_progress.txt (a header naming tokenizer, language, generation N and
                 the output's fingerprint; then one JSON line per record). A rerun skips them.
   B  prepare    The journal's fingerprint line becomes "text-ids-pending:<old>", so
-                preprocess-data refuses the directory until this finishes. zarr: a complete copy
-                of the store with the new text arrays goes to .text_ids_staging (the other
-                arrays hard-linked). New manifests, rejects and pair files are written as *.new.
+                preprocess-data refuses the directory until this finishes. The store prepares
+                the switch (`prepare`: the packed store stages a complete copy with the new text
+                arrays in .text_ids_staging). New manifests, rejects and pair files are written
+                as *.new.
   C  commit     .text_ids_commit.json, written atomically: the redo log. From here on the change
                 is decided and only rolls forward.
   D  roll fwd   (idempotent; redone from the marker after a crash) stats.json with a vocabulary
-                size valid for old and new ids; zarr: exchange features.zarr with the staged copy
-                in one atomic rename; each *.new renamed into place; journal := new fingerprint
-                and the kept ids; stats.json; old text ids (npy) or the old store (zarr), the
-                progress file and finally the marker deleted.
+                size valid for old and new ids; the store switches to the new ids (`switch`: the
+                packed store exchanges itself with the staged copy in one atomic rename); each
+                *.new renamed into place; journal := new fingerprint and the kept ids;
+                stats.json; what the new ids replaced (`cleanup`), the progress file and finally
+                the marker deleted.
 
 On start: a marker means roll forward first; a pending fingerprint without a marker (a crash in
 B) means put the old fingerprint back. Then the requested regeneration runs, unless the output
 already has that tokenizer and language (or it is forced).
 
-What is consistent when. npy: at every instant each manifest (and pair file) line points to
-ids of its own text_len: new ids live at new paths, each manifest is replaced by one rename, and
-old files are deleted only after the last one (stats.json's vocab_size covers both meanwhile),
-so `preprocess verify` passes throughout. zarr: a line carries a row, and the store and the
-manifests cannot change in one rename. Between the store exchange and the last manifest rename,
-lines carry the old text_len; then preprocess-data refuses the directory (pending fingerprint)
-and the next `text-ids` run restores consistency before anything else.
+What is consistent when. Where new ids live at new paths (npy), at every instant each manifest
+(and pair file) line points to ids of its own text_len: each manifest is replaced by one rename,
+and old files are deleted only after the last one (stats.json's vocab_size covers both
+meanwhile), so `preprocess verify` passes throughout. Where a line carries a row (zarr), the
+store and the manifests cannot change in one rename: between the store's switch and the last
+manifest rename, lines carry the old text_len; then preprocess-data refuses the directory
+(pending fingerprint) and the next `text-ids` run restores consistency before anything else.
 """
 
 from __future__ import annotations

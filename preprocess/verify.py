@@ -67,10 +67,19 @@ def verify_output(out_dir: str | Path) -> Report:
     finally:
         rows.close()
     for name in PAIR_FILES.values():
-        if (out_dir / name).exists():
+        if _holds_records(out_dir / name):
             for problem in check_pairs_for_trainer(out_dir / name, vocab_size=vocab):
                 report.add(name, problem)
     return report
+
+
+def _holds_records(path: Path) -> bool:
+    """A pair file with at least one non-blank line. One left empty (e.g. when `text-ids`
+    rejected a side of every pair) gives the trainer nothing to misread."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return any(raw.strip() for raw in f)
 
 
 def _check_manifests(out_dir: Path, rows, report: Report, val_ratio, max_text, max_code, vocab,

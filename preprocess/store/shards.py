@@ -16,9 +16,14 @@ from ..contract import MANIFESTS, REJECTS, SHARDS, STATS
 from ..manifest import Reject, read_output_manifest
 from .dataset import OutputDir, OutputExists
 from .formats import detect_format, format_named
-from .fsutil import syncfs
+from .fsutil import append_durable, syncfs
 from .journal import ConfigMismatch, Journal
 from .stats import write_stats
+
+
+# Under OUT/shards: the run record (stats.json's last_run) of every shard adopted and deleted,
+# so that `preprocess merge` reports all of the shards' runs after a crash mid-merge.
+RUNS = "runs.jsonl"
 
 
 def shard_dirs(out: Path) -> list[Path]:
@@ -26,8 +31,9 @@ def shard_dirs(out: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
-def merge_shards(output: OutputDir) -> int:
-    """Adopt every finished record of OUT/shards/* into OUT, then delete the shards.
+def merge_shards(output: OutputDir, *, keep_runs: bool = False) -> int:
+    """Adopt every finished record of OUT/shards/* into OUT, then delete the shards (and
+    OUT/shards, unless `keep_runs`: then the shards' run records stay, see `shard_runs`).
     Idempotent: records already adopted are skipped. Returns the number adopted."""
     root = output.path / SHARDS
     if not root.is_dir():
@@ -58,9 +64,31 @@ def merge_shards(output: OutputDir) -> int:
             output.add_rejects(Reject(r["line"], r.get("id"), r["stage"], r["reason"]) for r in rejects)
         finally:
             sub.close()
+        run = _finished_stats(shard).get("last_run")
+        if isinstance(run, dict):
+            append_durable(root / RUNS, (json.dumps({"shard": shard.name, "run": run}) + "\n").encode())
         shutil.rmtree(shard)
-    root.rmdir()
+    if not keep_runs:
+        remove_shards_dir(output.path)
     return adopted
+
+
+def shard_runs(out: Path) -> list[dict]:
+    """The run record of every shard of OUT: those adopted already, then those waiting."""
+    recorded = {r["shard"]: r["run"] for r in read_output_manifest(out / SHARDS / RUNS, require_id=False)[0]
+                if isinstance(r.get("run"), dict) and isinstance(r.get("shard"), str)}
+    for shard in shard_dirs(out):
+        run = _finished_stats(shard).get("last_run")
+        if isinstance(run, dict):
+            recorded.setdefault(shard.name, run)
+    return [recorded[k] for k in sorted(recorded)]
+
+
+def remove_shards_dir(out: Path) -> None:
+    root = out / SHARDS
+    if root.is_dir():
+        (root / RUNS).unlink(missing_ok=True)
+        root.rmdir()
 
 
 def merge_command(out: Path) -> int:
@@ -74,14 +102,14 @@ def merge_command(out: Path) -> int:
         raise OutputExists(f"{out}: nothing to merge (no progress file in it or in {out / SHARDS})")
     own, of_shards = _finished_stats(out), [s for s in map(_finished_stats, shards) if s]
     provenance = (own or (of_shards[0] if of_shards else {})).get("provenance", {})
-    run = combined_runs([s["last_run"] for s in of_shards if isinstance(s.get("last_run"), dict)]) \
-        or own.get("last_run")
+    run = combined_runs(shard_runs(out)) or own.get("last_run")
     fmt = detect_format(out, *shards)
     output = OutputDir(out, fp, fmt.writer(out, provenance.get("options", {}).get("latent_dtype", "float32")))
     try:
-        n = merge_shards(output)
+        n = merge_shards(output, keep_runs=True)
         output.finalize()
         write_stats(out, provenance, run=run)
+        remove_shards_dir(out)  # the run records, now in stats.json
     finally:
         output.close()
     return n
