@@ -70,6 +70,12 @@ def open_writer(out: Path, fmt: str, latent_dtype: str, codec: str = "own"):
     return job_writer(out, fmt, latent_dtype)
 
 
+STORE_NOTE = ("condition and emo_vec are standard-normal random floats, which zstd cannot compress: "
+              "the zarr store holds them at about raw size (real latents are mostly mantissa noise "
+              "too, so compress little). Codes and text ids are uniform random, less compressible "
+              "than real ones.")
+
+
 def synthetic_utterances(rng: np.random.Generator, first: int, count: int,
                          condition_len: int = 32, dim: int = 1280) -> list:
     """`count` utterances of realistic sizes: text ids 10..150 tokens, codes 50..1500 (1..30 s at
