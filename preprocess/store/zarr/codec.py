@@ -1,11 +1,21 @@
 """Shard files of the packed store, encoded and decoded here rather than through zarr's API.
 
-Why: writing the same whole, shard-aligned blocks through zarr's own `Array.__setitem__`
-(same layout, same durable store) was MEASURED_SLOWER. The measurement is
-`tools/bench_store.py --format zarr --zarr-codec own|api`; the figures are in
-docs/PERFORMANCE.md. zarr's per-chunk Python and event-loop work dominates with one-row
-condition chunks. Reading a row through zarr costs about a millisecond of the same work per
-call, so rows are read here too (ShardRows).
+Why: zarr's own `Array.__setitem__`, given the same whole, shard-aligned blocks (the job's
+1,024-row flushes) through the same durable store, wrote more slowly, beyond the 1.5x this
+module's upkeep is worth. `tools/bench_store.py --format zarr --zarr-codec own|api`, zarr 3.1.6
+(the newest release; 3.1.x is the pin), synthetic float32 utterances in batches of 256, a
+2-core VM shared with other work (load average at start -> end of each run):
+
+    utterances  own codec                      zarr API                       API / own
+    100,000     157.9 s (load 2.5 -> 4.3)      375.0 s (load 4.3 -> 7.0)      2.37
+    100,000     437.5 s (load 6.8 -> 8.6)      444.1 s (load 8.4 -> 8.5)      1.02
+    20,000      29.5 s (load 5.1 -> 7.3)       65.9 s (load 7.3 -> 8.9)       2.23
+    20,000      25.4 s (load 8.9 -> 8.3)       44.7 s (load 8.3 -> 7.3)       1.76
+
+Run one after another (own, api, own, api). Where the machine had a core to spare the API took
+about twice as long; at load 8.5 on 2 cores both were starved alike. zarr's per-chunk Python and
+event-loop work dominates with one-row condition chunks. Reading a row through zarr costs about
+a millisecond of the same work per call, so rows are read here too (ShardRows).
 
 The format is zarr's `sharding_indexed` codec exactly: the encoded chunks, then a little-endian
 (offset, nbytes) uint64 table with one entry per chunk (2**64-1 twice for a chunk never
