@@ -198,8 +198,8 @@ def stats(out, json_path, png_path):
 @click.argument("out", type=PATH)
 def merge(out):
     """Merge the per-device shards left in OUT/shards by an interrupted multi-GPU run."""
-    from .store.shards import merge_command
     from .store.dataset import ConfigMismatch, OutputExists
+    from .store.shards import merge_command
 
     try:
         n = merge_command(out)
@@ -213,14 +213,12 @@ def merge(out):
 @click.option("--to", "fmt", type=click.Choice(["npy"]), default="npy", show_default=True)
 @click.argument("dest", type=PATH)
 def export(out, fmt, dest):
-    """Write the trainer's npy layout in DEST from the packed (zarr) output OUT."""
+    """Write the trainer's npy layout in DEST from the output OUT (e.g. a packed, zarr one)."""
     from .store.export import export_npy
 
-    if not (out / "features.zarr").exists():
-        fail(f"{out} holds no packed store (features.zarr); it is already in the npy layout")
     try:
         result = export_npy(out, dest)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     click.echo(f"exported {result['utterances']} utterances to {dest} "
                f"({result['written']} written, {result['skipped']} already there)")

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .options import JobOptions, output_options
 from .plan import Plan, make_plan
-from .provenance import fingerprint_of
+from .store.journal import fingerprint_of
 from .store.dataset import OutputDir
 from .store.stats import write_stats
 

@@ -14,6 +14,7 @@ import platform
 from pathlib import Path
 
 from .store.fsutil import write_atomic
+from .store.journal import fingerprint_of  # noqa: F401 - the journal's first line; made there
 
 HASH_CACHE = "file_hashes.json"
 PACKAGES = ("preprocess", "torch", "numpy", "transformers", "sentencepiece", "soundfile",
@@ -76,13 +77,3 @@ def describe_inputs(models, tokenizer: str | os.PathLike) -> dict:
     vocab = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()
     return {"tokenizer": str(tokenizer), "gpt_checkpoint": str(models.gpt_checkpoint),
             "vocab_size": vocab, "files": described, "versions": package_versions()}
-
-
-def fingerprint_of(provenance: dict) -> str:
-    """What must match for a rerun to resume: the bytes of every input file and the options
-    that change outputs (not paths, devices, batch sizes or worker counts)."""
-    import hashlib
-    import json
-    keyed = {"files": {k: v["sha256"] for k, v in provenance["files"].items()},
-             "options": provenance["options"]}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from .manifest import read_output_manifest
-from .contract import MANIFESTS
+from .contract import CODES_PER_SECOND, MANIFESTS
 from .store.fsutil import write_atomic
 
-CODES_PER_SECOND = 50
 NO_VALUE = "(none)"  # table label for an empty speaker or language
 
 

@@ -8,35 +8,39 @@ becomes a reject (stage "text-ids"), as in the main job. stats.json and the jour
 then describe the new tokenizer, so preprocess-data with it resumes this output.
 
 All work runs under the output directory's lock (OutputDir, which also repairs what an
-interrupted preprocess-data run left). The steps:
+interrupted preprocess-data run left). The store's part of each step is its TextIdsStaging
+(preprocess/store/formats.py; npy/text_ids.py and zarr/text_ids.py say how each format does it).
+The steps:
 
-  A  compute    New ids for every manifest record, in chunks. Each chunk is made durable (npy:
-                files at new paths text_ids/g<N>/<xx>/<id>.npy) and then appended to
+  A  compute    New ids for every manifest record, in chunks. Each chunk is made durable by the
+                store (`stage`: the npy layout writes them at new paths) and then appended to
                 .text_ids_progress.txt (a header naming tokenizer, language, generation N and
                 the output's fingerprint; then one JSON line per record). A rerun skips them.
   B  prepare    The journal's fingerprint line becomes "text-ids-pending:<old>", so
-                preprocess-data refuses the directory until this finishes. zarr: a complete copy
-                of the store with the new text arrays goes to .text_ids_staging (the other
-                arrays hard-linked). New manifests, rejects and pair files are written as *.new.
+                preprocess-data refuses the directory until this finishes. The store prepares
+                the switch (`prepare`: the packed store stages a complete copy with the new text
+                arrays in .text_ids_staging). New manifests, rejects and pair files are written
+                as *.new.
   C  commit     .text_ids_commit.json, written atomically: the redo log. From here on the change
                 is decided and only rolls forward.
   D  roll fwd   (idempotent; redone from the marker after a crash) stats.json with a vocabulary
-                size valid for old and new ids; zarr: exchange features.zarr with the staged copy
-                in one atomic rename; each *.new renamed into place; journal := new fingerprint
-                and the kept ids; stats.json; old text ids (npy) or the old store (zarr), the
-                progress file and finally the marker deleted.
+                size valid for old and new ids; the store switches to the new ids (`switch`: the
+                packed store exchanges itself with the staged copy in one atomic rename); each
+                *.new renamed into place; journal := new fingerprint and the kept ids;
+                stats.json; what the new ids replaced (`cleanup`), the progress file and finally
+                the marker deleted.
 
 On start: a marker means roll forward first; a pending fingerprint without a marker (a crash in
 B) means put the old fingerprint back. Then the requested regeneration runs, unless the output
 already has that tokenizer and language (or it is forced).
 
-What is consistent when. npy: at every instant each manifest (and pair file) line points to
-ids of its own text_len: new ids live at new paths, each manifest is replaced by one rename, and
-old files are deleted only after the last one (stats.json's vocab_size covers both meanwhile),
-so `preprocess verify` passes throughout. zarr: a line carries a row, and the store and the
-manifests cannot change in one rename. Between the store exchange and the last manifest rename,
-lines carry the old text_len; then preprocess-data refuses the directory (pending fingerprint)
-and the next `text-ids` run restores consistency before anything else.
+What is consistent when. Where new ids live at new paths (npy), at every instant each manifest
+(and pair file) line points to ids of its own text_len: each manifest is replaced by one rename,
+and old files are deleted only after the last one (stats.json's vocab_size covers both
+meanwhile), so `preprocess verify` passes throughout. Where a line carries a row (zarr), the
+store and the manifests cannot change in one rename: between the store's switch and the last
+manifest rename, lines carry the old text_len; then preprocess-data refuses the directory
+(pending fingerprint) and the next `text-ids` run restores consistency before anything else.
 """
 
 from __future__ import annotations
@@ -44,7 +48,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -53,21 +56,18 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .contract import MANIFESTS, MAX_TEXT_LEN, PAIR_FILES, PROGRESS_FILE, REJECTS, SHARDS, STATS
 from .manifest import Reject, read_output_manifest
-from .contract import MANIFESTS, PAIR_FILES, PROGRESS_FILE, REJECTS, STATS
-from .provenance import fingerprint_of
 from .store.dataset import OutputDir, dumps_line, fault_point
-from .store.fsutil import append_durable, fsync_dir, npy_bytes, syncfs, write_atomic
-from .store.journal import PENDING, Journal
-from .store.npy import NpyStore, fanout
+from .store.formats import CannotStage, detect_format
+from .store.fsutil import append_durable, fsync_dir, write_atomic
+from .store.journal import PENDING, Journal, fingerprint_of
 
 PROGRESS = ".text_ids_progress.txt"
 MARKER = ".text_ids_commit.json"
 STAGING = ".text_ids_staging"
 STAGE = "text-ids"
-STORE_DIR = "features.zarr"
 _PROGRESS_HEADER = "# text-ids "
-_GENERATION = re.compile(r"^text_ids/g(\d+)/")
 # files a regeneration replaces (as <name>.new, then renamed)
 _REPLACED = (*MANIFESTS.values(), REJECTS, *PAIR_FILES.values())
 
@@ -123,13 +123,16 @@ def regenerate_text_ids(out_dir: str | os.PathLike, tokenizer: str | os.PathLike
     if not tokenizer.is_file():
         raise TextIdsError(f"tokenizer {tokenizer} not found")
     header = _check_output(out)
-    fmt = "zarr" if (out / STORE_DIR).exists() else "npy"
-    output = OutputDir(out, header, lambda: _open_store(out, fmt))  # the lock, and repairs
-    summary = TextIdsSummary(out, fmt, str(tokenizer))
+    fmt = detect_format(out)
+    output = OutputDir(out, header, lambda: fmt.reopen_writer(out))  # the lock, and repairs
+    staging = fmt.text_ids(out, output.store, out / STAGING)
+    summary = TextIdsSummary(out, fmt.name, str(tokenizer))
     try:
-        if fmt == "zarr":
-            _check_exchange(out)
-        finished = _finish_interrupted(out, output)
+        try:
+            staging.check_supported()
+        except CannotStage as e:
+            raise TextIdsError(str(e)) from None
+        finished = _finish_interrupted(out, output, staging)
         summary.rolled_forward = finished is not None
         prov = _read_provenance(out)
         options = prov.get("options") or {}
@@ -155,18 +158,18 @@ def regenerate_text_ids(out_dir: str | os.PathLike, tokenizer: str | os.PathLike
                 summary.up_to_date = True
             return summary
 
-        generation = _next_generation(out, fmt, lines)
-        max_len = int(options.get("max_text_len", 600))
-        new_ids = _compute(out, fmt, lines, tok, language or options.get("language"), {
+        generation = staging.next_generation(lines)
+        max_len = int(options.get("max_text_len", MAX_TEXT_LEN))
+        new_ids = _compute(out, staging, lines, tok, language or options.get("language"), {
             "tokenizer_sha256": tok.sha256, "language": language, "fingerprint": old_fp,
-            "generation": generation, "format": fmt, "max_text_len": max_len},
+            "generation": generation, "format": fmt.name, "max_text_len": max_len},
             workers, chunk, progress, summary)
 
         new_prov = _new_provenance(prov, tokenizer, tok, language)
-        marker = _prepare(out, output, fmt, lines, new_ids, max_len, generation, prov, new_prov,
+        marker = _prepare(out, staging, lines, new_ids, max_len, generation, prov, new_prov,
                           summary, {"command": "text-ids", "tokenizer": str(tokenizer),
                                     "language": language})
-        _roll_forward(out, output, marker, full=True)
+        _roll_forward(out, staging, marker, full=True)
         summary.fingerprint = marker["new_fingerprint"]
         summary.records = marker["run"]["records"]
         return summary
@@ -183,55 +186,10 @@ def _check_output(out: Path) -> str:
     if header is None:
         raise TextIdsError(f"{out} has no {PROGRESS_FILE} with a fingerprint line: "
                            "not an output directory of preprocess-data")
-    if (out / "shards").exists():
-        raise TextIdsError(f"{out}/shards holds an unfinished multi-device run; "
+    if (out / SHARDS).exists():
+        raise TextIdsError(f"{out}/{SHARDS} holds an unfinished multi-device run; "
                            f"finish it first (preprocess merge {out})")
     return header
-
-
-def _check_exchange(out: Path) -> None:
-    """The zarr store is swapped by an atomic directory exchange: fail before any work where
-    the file system cannot do one."""
-    from .store.zarr import exchange_paths
-
-    staging = out / STAGING
-    made = not staging.exists()
-    a, b = staging / "probe.a", staging / "probe.b"
-    a.mkdir(parents=True, exist_ok=True)
-    b.mkdir(exist_ok=True)
-    try:
-        exchange_paths(a, b)
-    except OSError as e:
-        raise TextIdsError(f"{out}: text-ids on a zarr output needs an atomic directory exchange "
-                           f"(Linux renameat2 RENAME_EXCHANGE) and this file system has none "
-                           f"({e}); export it to npy first (preprocess export)") from None
-    finally:
-        a.rmdir()
-        b.rmdir()
-        if made:
-            staging.rmdir()
-
-
-def _open_store(out: Path, fmt: str):
-    if fmt == "npy":
-        return NpyStore(out)
-    from .store.zarr import ZarrStore
-
-    attrs = _zarr_attributes(out / STORE_DIR) or {}
-    return ZarrStore(out, attrs.get("latent_dtype", "float32"),
-                     condition_len=attrs.get("condition_len", 32), dim=attrs.get("dim", 1280))
-
-
-def _zarr_attributes(store_dir: Path) -> dict | None:
-    try:
-        return json.loads((store_dir / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
-    except (OSError, ValueError):
-        return None
-
-
-def _zarr_generation(store_dir: Path) -> int | None:
-    attrs = _zarr_attributes(store_dir)
-    return None if attrs is None else int(attrs.get("text_ids_generation", 0))
 
 
 def _read_provenance(out: Path) -> dict:
@@ -253,21 +211,6 @@ def _journal_ids(out: Path) -> list[str]:
 def _rewrite_journal(out: Path, fingerprint: str, ids: list[str] | None = None) -> None:
     Journal(out / PROGRESS_FILE, fingerprint, set()).rewrite(
         _journal_ids(out) if ids is None else ids)
-
-
-def _next_generation(out: Path, fmt: str, lines: list[tuple[str, dict]]) -> int:
-    """New ids never overwrite the ones in use: npy writes them to text_ids/g<N>/, N above every
-    generation the manifests point to; zarr numbers its store copies the same way."""
-    if fmt == "zarr":
-        return (_zarr_generation(out / STORE_DIR) or 0) + 1
-    used = [int(m.group(1)) for _, line in lines
-            if isinstance(line.get("text_ids_path"), str)
-            and (m := _GENERATION.match(line["text_ids_path"]))]
-    return max(used, default=0) + 1
-
-
-def _npy_path(generation: int, id_: str) -> str:
-    return f"text_ids/g{generation}/{fanout(id_)}/{id_}.npy"
 
 
 def _limit_problem(ids: np.ndarray, max_len: int) -> str | None:
@@ -313,15 +256,14 @@ def _read_progress(path: Path, header: str) -> dict[str, np.ndarray] | None:
     return done
 
 
-def _compute(out: Path, fmt: str, lines, tok, default_language: str | None, header: dict,
+def _compute(out: Path, staging, lines, tok, default_language: str | None, header: dict,
              workers: int, chunk: int, progress: bool, summary: TextIdsSummary) -> dict[str, np.ndarray]:
     path = out / PROGRESS
     header_line = _PROGRESS_HEADER + json.dumps(header, sort_keys=True)
     done = _read_progress(path, header_line)
     generation, max_len = header["generation"], header["max_text_len"]
     if done is None:
-        if fmt == "npy":  # files of an abandoned attempt at this generation
-            shutil.rmtree(out / "text_ids" / f"g{generation}", ignore_errors=True)
+        staging.begin(generation)
         write_atomic(path, (header_line + "\n").encode("utf-8"))
         done = {}
     todo = [line for _, line in lines if line["id"] not in done]
@@ -334,16 +276,9 @@ def _compute(out: Path, fmt: str, lines, tok, default_language: str | None, head
     try:
         for batch, results in _encode(todo, tok, default_language, workers, max(1, chunk)):
             arrays = [np.asarray(ids, dtype=np.int32) for ids in results]
-            if fmt == "npy":
-                written = False
-                for line, ids in zip(batch, arrays):
-                    if _limit_problem(ids, max_len) is None:
-                        target = out / _npy_path(generation, line["id"])
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        write_atomic(target, npy_bytes(ids), fsync=False)
-                        written = True
-                if written:
-                    syncfs(out)  # the files are durable before the progress file lists them
+            # durable before the progress file lists them
+            staging.stage(generation, batch, arrays,
+                          [_limit_problem(ids, max_len) is None for ids in arrays])
             append_durable(path, "".join(
                 json.dumps({"id": line["id"], "ids": ids.tolist()}, ensure_ascii=False) + "\n"
                 for line, ids in zip(batch, arrays)).encode("utf-8"))
@@ -395,12 +330,12 @@ def _encode(todo: list[dict], tok, default_language, workers: int, chunk: int):
 
 # -- B, C: prepare and commit ------------------------------------------------------------------
 
-def _prepare(out: Path, output: OutputDir, fmt: str, lines, new_ids, max_len: int,
+def _prepare(out: Path, staging, lines, new_ids, max_len: int,
              generation: int, prov: dict, new_prov: dict, summary: TextIdsSummary,
              run: dict) -> dict:
     """Everything the roll forward needs, made durable; returns the marker once written."""
     kept: dict[str, list[dict]] = {split: [] for split in MANIFESTS}
-    rejects, rows = [], {}
+    rejects = []
     for split, line in lines:
         ids = new_ids[line["id"]]
         reason = _limit_problem(ids, max_len)
@@ -408,12 +343,8 @@ def _prepare(out: Path, output: OutputDir, fmt: str, lines, new_ids, max_len: in
             rejects.append(Reject(None, line["id"], STAGE, reason).to_json())
             continue
         summary.changed_length += int(ids.size) != line.get("text_len")
-        new = dict(line)  # same keys, same order
+        new = staging.relocate(generation, line, ids)  # same keys, same order
         new["text_len"] = int(ids.size)
-        if fmt == "npy":
-            new["text_ids_path"] = _npy_path(generation, line["id"])
-        else:
-            rows[line["row"]] = ids
         kept[split].append(new)
     summary.rejected = len(rejects)
 
@@ -434,7 +365,7 @@ def _prepare(out: Path, output: OutputDir, fmt: str, lines, new_ids, max_len: in
 
     old_fp = Journal.read_fingerprint(out)
     marker = {
-        "format": fmt, "generation": generation,
+        "format": summary.format, "generation": generation,
         "pending": PENDING + old_fp, "old_fingerprint": old_fp,
         "new_fingerprint": fingerprint_of(new_prov),
         "old_vocab_size": prov.get("vocab_size"), "provenance": new_prov,
@@ -446,17 +377,7 @@ def _prepare(out: Path, output: OutputDir, fmt: str, lines, new_ids, max_len: in
     # B: from here preprocess-data refuses the directory until the roll forward is done
     _rewrite_journal(out, marker["pending"], [line["id"] for _, line in lines])
     fault_point("text_ids_after_pending")
-    if fmt == "zarr":
-        output.store.stage_text_ids(rows, out / STAGING, {"text_ids_generation": generation})
-    else:  # every kept record's file is in place (rewritten from the progress if it went missing)
-        missing = [line for split in kept.values() for line in split
-                   if not (out / line["text_ids_path"]).is_file()]
-        for line in missing:
-            target = out / line["text_ids_path"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(target, npy_bytes(new_ids[line["id"]]), fsync=False)
-        if missing:
-            syncfs(out)
+    staging.prepare(generation, [line for split in kept.values() for line in split], new_ids)
     for name, data in files.items():
         write_atomic(out / f"{name}.new", data)
     fault_point("text_ids_before_marker")
@@ -485,7 +406,7 @@ def _rewrite_pairs(path: Path, by_id: dict[str, dict], rejected: set[str]) -> by
 
 # -- D: roll forward, and what a crash leaves --------------------------------------------------
 
-def _finish_interrupted(out: Path, output: OutputDir) -> dict | None:
+def _finish_interrupted(out: Path, output: OutputDir, staging) -> dict | None:
     """Finish (marker) or undo (pending fingerprint, no marker) an interrupted commit.
     Returns the marker of a commit it finished."""
     header = Journal.read_fingerprint(out)
@@ -497,10 +418,10 @@ def _finish_interrupted(out: Path, output: OutputDir) -> dict | None:
         marker = {}
     if marker is not None:
         if header == marker.get("pending"):
-            _roll_forward(out, output, marker, full=True)
+            _roll_forward(out, staging, marker, full=True)
             return marker
         if header == marker.get("new_fingerprint"):
-            _roll_forward(out, output, marker, full=False)
+            _roll_forward(out, staging, marker, full=False)
             return marker
         _discard(out)  # a marker of an output since replaced (e.g. preprocess-data --force)
     if header.startswith(PENDING):
@@ -518,7 +439,7 @@ def _discard(out: Path) -> None:
     fsync_dir(out)
 
 
-def _roll_forward(out: Path, output: OutputDir, marker: dict, full: bool) -> None:
+def _roll_forward(out: Path, staging, marker: dict, full: bool) -> None:
     """Idempotent: each step checks whether it is done. `full`: the journal still says
     pending (the data and manifests may be switched); otherwise only the steps after the
     journal remain."""
@@ -526,12 +447,11 @@ def _roll_forward(out: Path, output: OutputDir, marker: dict, full: bool) -> Non
 
     if full:
         _transitional_stats(out, marker)
-        if marker["format"] == "zarr" and _zarr_generation(out / STORE_DIR) != marker["generation"]:
-            if _zarr_generation(out / STAGING / STORE_DIR) != marker["generation"]:
-                raise TextIdsError(f"{out}: the staged store of an interrupted text-ids commit is "
-                                   f"missing from {STAGING}; the store is as it was, the "
-                                   "manifests may not be")
-            output.store.swap_with(out / STAGING)
+        try:
+            switched = staging.switch(marker["generation"])
+        except CannotStage as e:
+            raise TextIdsError(str(e)) from None
+        if switched:
             fault_point("text_ids_after_swap")
         for name in marker["renames"]:
             new = out / f"{name}.new"
@@ -545,9 +465,7 @@ def _roll_forward(out: Path, output: OutputDir, marker: dict, full: bool) -> Non
         fault_point("text_ids_after_journal")
     write_stats(out, marker["provenance"], run=marker["run"])
     fault_point("text_ids_after_stats")
-    if marker["format"] == "npy":
-        _delete_unreferenced_text_ids(out)
-    shutil.rmtree(out / STAGING, ignore_errors=True)  # zarr: the old store
+    staging.cleanup()  # what the new ids replaced
     for name in _REPLACED:
         (out / f"{name}.new.tmp").unlink(missing_ok=True)
     (out / PROGRESS).unlink(missing_ok=True)
@@ -570,26 +488,3 @@ def _transitional_stats(out: Path, marker: dict) -> None:
     if stats.get("provenance", {}).get("vocab_size") not in (None, max(old, new)):
         stats["provenance"]["vocab_size"] = max(old, new)
         write_atomic(out / STATS, (json.dumps(stats, indent=2, ensure_ascii=False) + "\n").encode())
-
-
-def _delete_unreferenced_text_ids(out: Path) -> None:
-    """Delete every file under text_ids/ that no manifest or pair file points to: the ids the
-    regeneration replaced (and orphans of interrupted runs, which are recomputed if needed)."""
-    referenced = set()
-    for name, key in [(n, "text_ids_path") for n in MANIFESTS.values()] + \
-                     [(n, "target_text_ids_path") for n in PAIR_FILES.values()]:
-        for line in read_output_manifest(out / name)[0]:
-            p = line.get(key)
-            if isinstance(p, str) and p:
-                referenced.add(os.path.normpath(os.path.relpath(p, out) if os.path.isabs(p) else p))
-    root = out / "text_ids"
-    if not root.is_dir():
-        return
-    for dirpath, _, files in os.walk(root, topdown=False):
-        for f in files:
-            full = os.path.join(dirpath, f)
-            if os.path.normpath(os.path.relpath(full, out)) not in referenced:
-                os.unlink(full)
-        if dirpath != str(root) and not os.listdir(dirpath):
-            os.rmdir(dirpath)
-    syncfs(out)

@@ -1,4 +1,8 @@
-"""Integrity checks of an output directory, as the trainer would read it."""
+"""Integrity checks of an output directory, as the trainer would read it.
+
+Every manifest line's features are read through the store interface (whatever the format) and
+checked against the line and the trainer's limits; pair files, where present, are checked with
+the trainer's own reading rules (pairs.check_pairs_for_trainer)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .contract import (CODEBOOK_SIZE, CONDITION_LEN, MANIFESTS, MAX_CODE_LEN, MAX_TEXT_LEN, MODEL_DIM,
+                       PAIR_FILES, REQUIRED_KEYS, STATS)
 from .manifest import is_val, read_output_manifest
-from .contract import CODEBOOK_SIZE, MANIFESTS, MAX_CODE_LEN, MAX_TEXT_LEN, PATH_KEYS, REQUIRED_KEYS, STATS
+from .pairs import check_pairs_for_trainer
+from .store.formats import detect_format
 
 
 @dataclass
@@ -34,35 +41,6 @@ class Report:
         return head + f"{len(self.problems)} problem(s)\n{shown}{tail}"
 
 
-def _npy_loader(out_dir: Path):
-    def load(line: dict) -> dict:
-        arrays = {}
-        for key in PATH_KEYS:
-            rel = line.get(key)
-            if not isinstance(rel, str) or not rel:
-                raise ValueError(f"empty '{key}'")
-            path = out_dir / rel
-            if not path.is_file():
-                raise ValueError(f"{key} file missing: {rel}")
-            try:
-                arrays[key[:-5]] = np.load(path, allow_pickle=False)
-            except Exception as e:  # a truncated or pickled file
-                raise ValueError(f"{key} file unreadable ({rel}): {e}") from None
-        return arrays
-    return load
-
-
-def _packed_loader(out_dir: Path):
-    from .store import open as open_store
-
-    reader = open_store(out_dir)
-
-    def load(line: dict) -> dict:
-        item = reader[line["id"]]
-        return {k: item[k] for k in ("text_ids", "codes", "condition", "emo_vec")}
-    return load
-
-
 def verify_output(out_dir: str | Path) -> Report:
     out_dir = Path(out_dir)
     report = Report()
@@ -76,16 +54,36 @@ def verify_output(out_dir: str | Path) -> Report:
     max_text = options.get("max_text_len", MAX_TEXT_LEN)
     max_code = options.get("max_code_len", MAX_CODE_LEN)
     vocab = stats.get("provenance", {}).get("vocab_size")
-    cond_shape = tuple(options.get("condition_shape", (32, 1280)))
+    cond_shape = tuple(options.get("condition_shape", (CONDITION_LEN, MODEL_DIM)))
     val_ratio = options.get("val_ratio")
 
-    packed = (out_dir / "features.zarr").exists()
     try:
-        load = _packed_loader(out_dir) if packed else _npy_loader(out_dir)
+        rows = detect_format(out_dir).rows(out_dir)
     except Exception as e:
         report.add(str(out_dir), f"cannot open the feature store: {e}")
         return report
+    try:
+        _check_manifests(out_dir, rows, report, val_ratio, max_text, max_code, vocab, cond_shape)
+    finally:
+        rows.close()
+    for name in PAIR_FILES.values():
+        if _holds_records(out_dir / name):
+            for problem in check_pairs_for_trainer(out_dir / name, vocab_size=vocab):
+                report.add(name, problem)
+    return report
 
+
+def _holds_records(path: Path) -> bool:
+    """A pair file with at least one non-blank line. One left empty (e.g. when `text-ids`
+    rejected a side of every pair) gives the trainer nothing to misread."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return any(raw.strip() for raw in f)
+
+
+def _check_manifests(out_dir: Path, rows, report: Report, val_ratio, max_text, max_code, vocab,
+                     cond_shape) -> None:
     seen: dict[str, str] = {}
     found_any = False
     for split, name in MANIFESTS.items():
@@ -112,7 +110,8 @@ def verify_output(out_dir: str | Path) -> Report:
             if val_ratio is not None and is_val(id_, val_ratio) != (split == "val"):
                 report.add(where, f"in {split} but the split rule (val ratio {val_ratio}) says otherwise")
             try:
-                arrays = load(line)
+                arrays = dict(zip(("text_ids", "codes", "condition", "emo_vec"),
+                                  rows.load(rows.locate(line))))
             except Exception as e:
                 report.add(where, str(e))
                 continue
@@ -120,7 +119,6 @@ def verify_output(out_dir: str | Path) -> Report:
                 report.add(where, problem)
     if not found_any:
         report.add(str(out_dir), "no train or val manifest: is this an output directory?")
-    return report
 
 
 def _check_arrays(line, arrays, max_text, max_code, vocab, cond_shape) -> list[str]:

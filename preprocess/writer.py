@@ -15,7 +15,7 @@ import numpy as np
 from .manifest import Record, is_val
 from .prepare import Prepared
 from .store.dataset import OutputDir
-from .store.npy import UtteranceFeatures
+from .store.features import UtteranceFeatures
 
 
 class Writer(threading.Thread):

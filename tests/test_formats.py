@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from preprocess.store import open as open_store
+from preprocess.store import open as open_features
 from preprocess.verify import verify_output
 from test_pipeline import GOOD, assert_same_output, corpus, read_lines, run_cli  # noqa: F401
 
@@ -16,7 +16,7 @@ def test_npy_and_zarr_hold_identical_features(corpus, tiny_models, tmp_path):  #
     zarr_lines = read_lines(tmp_path / "zarr" / "train_manifest.jsonl")
     assert all("row" in x and "codes_path" not in x for x in zarr_lines)
     assert verify_output(tmp_path / "zarr").ok
-    a, b = open_store(tmp_path / "npy"), open_store(tmp_path / "zarr")
+    a, b = open_features(tmp_path / "npy"), open_features(tmp_path / "zarr")
     assert len(a) == len(b) == len(GOOD)
     for id_ in (g[0] for g in GOOD):
         x, y = a[id_], b[id_]
@@ -45,7 +45,7 @@ def test_zarr_resume_after_fault(corpus, tiny_models, tmp_path):  # noqa: F811
         assert ref.keys() == cut.keys()
         for id_ in ref:  # rows may be in another order; everything else is the same
             assert {**ref[id_], "row": 0} == {**cut[id_], "row": 0}
-    a, b = open_store(tmp_path / "ref"), open_store(tmp_path / "cut")
+    a, b = open_features(tmp_path / "ref"), open_features(tmp_path / "cut")
     for id_ in (g[0] for g in GOOD):
         for key in ("text_ids", "codes", "condition", "emo_vec"):
             assert np.array_equal(a[id_][key], b[id_][key])

@@ -81,9 +81,14 @@ def test_missing_model_file_says_which_and_where(tiny_models, tmp_path):
     assert err.value.role == "semantic_codec" and "nobody/nothing" in str(err.value)
 
 
-def test_cli_module_imports_no_torch():
+def test_cli_module_and_light_commands_import_no_torch():
     code = "import sys, preprocess.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    for command in ("verify", "stats", "pairs", "merge", "export"):
+        code = ("import sys; from click.testing import CliRunner; from preprocess.cli import main; "
+                f"r = CliRunner().invoke(main, [{command!r}, '--help']); "
+                "sys.exit(r.exit_code or 'torch' in sys.modules)")
+        assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0, command
 
 
 # -- the automatic budget on a real run --------------------------------------------------------

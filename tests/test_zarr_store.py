@@ -12,15 +12,18 @@ import torch
 
 import preprocess.store
 from preprocess.manifest import Reject, is_val
-from preprocess.store import zarr as zarr_store
 from preprocess.store import dataset
+from preprocess.store.zarr import layout as zarr_layout
+from preprocess.store.zarr import writer as zarr_writer
 from preprocess.store.dataset import MANIFESTS, PATH_KEYS, STATS, OutputDir
 from preprocess.store.export import export_npy
 from preprocess.store.fsutil import write_atomic
 from preprocess.store.npy import NpyStore, UtteranceFeatures, relative_paths
 from preprocess.store.reader import FeatureReader
-from preprocess.store.zarr import (STORE_DIR, PackedArrays, ZarrStore, estimate_file_count,
-                                   merge_zarr_stores)
+from preprocess.store.zarr import STORE_DIR, estimate_file_count
+from preprocess.store.zarr.merge import merge_zarr_stores
+from preprocess.store.zarr.reader import PackedArrays
+from preprocess.store.zarr.writer import ZarrWriter as ZarrStore
 
 DIM = 64  # small latents keep the tests fast; the layout does not depend on the width
 VAL_RATIO = 0.25
@@ -68,8 +71,8 @@ def assert_same_item(a: dict, b: dict):
         assert np.array_equal(a[key], b[key]), (a["id"], key)
 
 
-def test_zarr_module_imports_the_zarr_package():
-    assert zarr_store.zarr.__name__ == "zarr" and hasattr(zarr_store.zarr, "open_group")
+def test_zarr_writer_imports_the_zarr_package():
+    assert zarr_writer.zarr.__name__ == "zarr" and hasattr(zarr_writer.zarr, "open_group")
 
 
 def test_npy_and_zarr_read_back_the_same_and_export_equals_npy(tmp_path):
@@ -174,7 +177,7 @@ def test_crash_before_commit_is_cut_back_and_resume_appends(tmp_path):
     od.close()
 
     with FeatureReader.open(out) as reader:
-        rows = sorted(reader._backend.rows.tolist())
+        rows = sorted(reader._locations)
         assert rows == list(range(60))  # resumed rows continue right after the commit
         for it in b1 + b2 + b3:
             got = reader[it.id]
@@ -205,7 +208,7 @@ def test_rows_committed_without_manifest_lines_are_orphans(tmp_path, monkeypatch
     od.finalize()
     od.close()
     with FeatureReader.open(out) as reader:
-        assert len(reader) == 22 and sorted(reader._backend.rows.tolist())[-12:] == list(range(22, 34))
+        assert len(reader) == 22 and sorted(reader._locations)[-12:] == list(range(22, 34))
         for it in b1 + b2:
             assert np.array_equal(reader[it.id]["condition"], it.condition)
     export_npy(out, tmp_path / "export")
@@ -261,14 +264,14 @@ def test_file_count_stays_small(tmp_path):
 
 
 def test_merge_equals_one_store_with_all_rows(tmp_path, monkeypatch):
-    small = zarr_store.array_specs
+    small = zarr_layout.array_specs
 
     def specs(latent_dtype="float32", condition_len=32, dim=1280):  # small shards: several blocks
         s = small(latent_dtype, condition_len, dim)
-        s["condition"] = zarr_store.ArraySpec("condition", latent_dtype, (condition_len, dim), 1, 16, 1)
-        s["emo_vec"] = zarr_store.ArraySpec("emo_vec", latent_dtype, (dim,), 4, 32, 1)
+        s["condition"] = zarr_layout.ArraySpec("condition", latent_dtype, (condition_len, dim), 1, 16, 1)
+        s["emo_vec"] = zarr_layout.ArraySpec("emo_vec", latent_dtype, (dim,), 4, 32, 1)
         return s
-    monkeypatch.setattr(zarr_store, "array_specs", specs)
+    monkeypatch.setattr(zarr_layout, "array_specs", specs)
     rng = np.random.default_rng(5)
     a, b = make_items(rng, 30), make_items(rng, 25, 30)
     for name, batches in (("a", [a[:12], a[12:]]), ("b", [b]), ("all", [a[:12], a[12:], b])):

@@ -1,25 +1,73 @@
-"""`tools/bench.py --mode store`: the feature stores alone (no audio, no models).
+"""Feature-store benchmark: write N synthetic utterances through OutputDir, read them back.
 
-`--generate N` synthetic utterances written through OutputDir in batches of `--batch-size`
-(0: 256) in `--format` (zarr as the job opens it: flush_rows=1024), then files and bytes on disk,
-the latency of reading one utterance through FeatureReader (warm, and cold after evicting the
-store's pages) and the time to load every utterance's codes. Write seconds run from opening
-OutputDir to the end of finalize and close; making the random data is timed apart and excluded.
+    python tools/bench_store.py [--format npy|zarr] [--latent-dtype float32|float16]
+        [--zarr-codec own|api] [--generate N] [--batch-size 256] [--reads 2000] [--out DIR]
+    python tools/bench.py --mode store ...      (the same, from the main benchmark)
+
+No audio, no models: `--generate N` synthetic utterances are written through OutputDir in
+batches of `--batch-size` (0: 256) in `--format` (zarr as the job opens it: flush_rows=1024),
+then files and bytes on disk, the latency of reading one utterance through FeatureReader (warm,
+and cold after evicting the store's pages) and the time to load every utterance's codes.
+Write seconds run from opening OutputDir to the end of finalize and close; making the random
+data is timed apart and excluded.
+
+`--zarr-codec` chooses how the packed store's shard files are written: `own` is the store's
+shard encoder (preprocess/store/zarr/codec.py), `api` hands the same whole, shard-aligned blocks
+to zarr's own `Array.__setitem__` (same layout, same durable store). Comparing the two is how the
+encoder's reason to exist is measured.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchlib import MIB, HostLoad, peak_rss_mib
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from preprocess.store import open_writer
+MIB = 1 << 20
+
+
+def zarr_version() -> str:
+    import zarr
+
+    return zarr.__version__
+
+
+def zarr_api_writer():
+    """The packed store's writer with its shard files written by zarr's own API: the same
+    whole, shard-aligned blocks (the job's 1,024-row flushes) handed to `Array.__setitem__`,
+    through the same durable store. For measuring the shard codec against, not for use."""
+    from preprocess.store.zarr.writer import ZarrWriter
+
+    class ZarrApiWriter(ZarrWriter):
+        def _put(self, name: str, start: int, values: np.ndarray) -> None:
+            spec = self.specs[name]
+            arr = self._arrays[name]
+            arr.resize((start + len(values), *spec.row_shape))
+            arr[start:start + len(values)] = np.ascontiguousarray(values, dtype=spec.dtype)
+
+    return ZarrApiWriter
+
+
+def open_writer(out: Path, fmt: str, latent_dtype: str, codec: str = "own"):
+    """The writer the job opens for `fmt`; with codec "api", the packed store writes its shards
+    through zarr's API instead of its own encoder."""
+    from preprocess.store.formats import open_writer as job_writer
+
+    if fmt == "zarr" and codec == "api":
+        from preprocess.store.zarr.writer import JOB_FLUSH_ROWS
+
+        return zarr_api_writer()(out, latent_dtype, flush_rows=JOB_FLUSH_ROWS)
+    return job_writer(out, fmt, latent_dtype)
 
 
 STORE_NOTE = ("condition and emo_vec are standard-normal random floats, which zstd cannot compress: "
@@ -32,7 +80,7 @@ def synthetic_utterances(rng: np.random.Generator, first: int, count: int,
                          condition_len: int = 32, dim: int = 1280) -> list:
     """`count` utterances of realistic sizes: text ids 10..150 tokens, codes 50..1500 (1..30 s at
     50 Hz) in [0, 8192), condition [32, 1280] and emo_vec [1280] float32 from N(0, 1)."""
-    from preprocess.store.npy import UtteranceFeatures
+    from preprocess.store.features import UtteranceFeatures
 
     text_lens = rng.integers(10, 151, count)
     code_lens = rng.integers(50, 1501, count)
@@ -44,7 +92,8 @@ def synthetic_utterances(rng: np.random.Generator, first: int, count: int,
                               condition=condition[i], emo_vec=emo_vec[i]) for i in range(count)]
 
 
-def write_store(out: Path, fmt: str, latent_dtype: str, count: int, batch: int, seed: int) -> dict:
+def write_store(out: Path, fmt: str, latent_dtype: str, count: int, batch: int, seed: int,
+                codec: str = "own") -> dict:
     """Write `count` synthetic utterances through OutputDir as the job does (a commit per batch,
     finalize, close) and time it, leaving out the time spent making the data."""
     from preprocess.store.dataset import OutputDir
@@ -53,8 +102,8 @@ def write_store(out: Path, fmt: str, latent_dtype: str, count: int, batch: int, 
     totals = {"text_ids": 0, "codes": 0, "id_bytes": 0, "feature_bytes": 0}
     commit_seconds, generate_seconds = [], 0.0
     t_start = time.perf_counter()
-    output = OutputDir(out, f"bench-store {fmt} {latent_dtype}",
-                       lambda: open_writer(out, fmt, latent_dtype))
+    output = OutputDir(out, f"bench-store {fmt} {latent_dtype} {codec}",
+                       lambda: open_writer(out, fmt, latent_dtype, codec))
     open_seconds = time.perf_counter() - t_start
     try:
         for first in range(0, count, batch):
@@ -176,14 +225,18 @@ def read_store(out: Path, reads: int, seed: int) -> dict:
 def store_benchmark(args) -> dict:
     if args.format == "npy" and args.latent_dtype != "float32":
         raise SystemExit("--latent-dtype float16 needs --format zarr (the npy layout is float32)")
+    from bench import HostLoad, peak_rss_mib
+
     load = HostLoad()
     work = args.out or Path(tempfile.mkdtemp(prefix="preprocess-bench-store-"))
     out = work / "store"
     shutil.rmtree(out, ignore_errors=True)
     try:
         report = {"format": args.format, "latent_dtype": args.latent_dtype, "note": STORE_NOTE}
+        if args.format == "zarr":
+            report["zarr"] = {"version": zarr_version(), "codec": args.zarr_codec}
         report["write"] = write_store(out, args.format, args.latent_dtype, args.generate,
-                                      args.batch_size or 256, args.seed)
+                                      args.batch_size or 256, args.seed, args.zarr_codec)
         report["disk"] = disk_usage(out)
         if args.format == "zarr":
             from preprocess.store.zarr import STORE_DIR, estimate_file_count
@@ -203,3 +256,40 @@ def store_benchmark(args) -> dict:
     finally:
         if args.out is None:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The options of the store benchmark that tools/bench.py does not already have."""
+    ap.add_argument("--zarr-codec", choices=("own", "api"), default="own",
+                    help="zarr: shard files by the store's encoder (own) or zarr's setitem (api)")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--generate", type=int, default=1000, metavar="N", help="synthetic utterances")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=0, help="utterances per commit, 0: 256")
+    ap.add_argument("--format", choices=("npy", "zarr"), default="npy")
+    ap.add_argument("--latent-dtype", choices=("float32", "float16"), default="float32",
+                    help="stored dtype of condition and emo_vec (float16: zarr only)")
+    ap.add_argument("--reads", type=int, default=2000, help="random single-utterance reads, warm and cold")
+    ap.add_argument("--out", type=Path, default=None, help="work directory (default: a temporary one, removed)")
+    add_arguments(ap)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    """Run the store benchmark; print the report as JSON and return it."""
+    from bench import machine_info
+
+    args = parse_args(argv)
+    report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine_info(),
+              "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+    report.update(store_benchmark(args))
+    print(json.dumps(report, indent=1))
+    return report
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "tools"))
+    main()

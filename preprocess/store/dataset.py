@@ -14,16 +14,17 @@ import shutil
 from pathlib import Path
 from typing import Iterable
 
-from ..contract import BATCH_BUDGET, BASE_KEYS, CONDITION_LEN, MANIFESTS, PAIR_FILES, PATH_KEYS, REJECTS, SHARDS, STATS
+from ..contract import (BASE_KEYS, BATCH_BUDGET, CONDITION_LEN, MANIFESTS, PAIR_FILES, PATH_KEYS,
+                        PROGRESS_FILE, REJECTS, SHARDS, STATS)
 from ..manifest import Reject, read_output_manifest
+from .features import UtteranceFeatures
+from .formats import OWNED as STORE_ENTRIES
 from .fsutil import append_durable, write_atomic
-from ..contract import PROGRESS_FILE
 from .journal import ConfigMismatch, Journal, TextIdsPending
-from .npy import FEATURE_DIRS, UtteranceFeatures
 
 LOCK = ".lock"
 # Everything this tool may have written; --force removes exactly these and nothing else.
-OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *FEATURE_DIRS, "features.zarr",
+OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *STORE_ENTRIES,
          *PAIR_FILES.values(), "report.json", SHARDS, BATCH_BUDGET,
          ".text_ids_progress.txt", ".text_ids_commit.json", ".text_ids_staging")
 
@@ -70,8 +71,8 @@ class OutputExists(Exception):
 
 class OutputDir:
     def __init__(self, path: str | os.PathLike, fingerprint: str, store, *, force: bool = False):
-        """`store` (NpyStore, ZarrStore, or a callable making one after a --force wipe) writes
-        features and tells, on resume, whether a manifest line's data is still there."""
+        """`store` (a writer of formats.py, or a callable making one after a --force wipe)
+        writes features and tells, on resume, whether a manifest line's data is still there."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.path / LOCK, "a")

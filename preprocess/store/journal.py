@@ -7,6 +7,8 @@ the store holds. A torn last line (a crash mid-append) is ignored.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +17,14 @@ from .fsutil import append_durable, write_atomic
 
 _HEADER = "# fingerprint "
 PENDING = "text-ids-pending:"  # set by `preprocess text-ids` while it swaps the text ids
+
+
+def fingerprint_of(provenance: dict) -> str:
+    """What must match for a rerun to resume: the bytes of every input file and the options
+    that change outputs (not paths, devices, batch sizes or worker counts)."""
+    keyed = {"files": {k: v["sha256"] for k, v in provenance["files"].items()},
+             "options": provenance["options"]}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
 
 
 class ConfigMismatch(Exception):

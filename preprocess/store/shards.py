@@ -1,32 +1,46 @@
-"""Adopting shards: sub-stores written under OUT/shards/<k>/ (one per device or per job) merged
-into OUT. Files are linked into place before manifest lines are adopted, and a shard is deleted
-only after all of it is adopted, so a crash mid-merge loses nothing and a rerun completes it.
+"""Adopting finished shards (per-device or per-job sub-stores under OUT/shards/<k>/) into OUT.
+
+A shard's data is made durable in OUT first (npy: files hard-linked into place; zarr: rows
+appended to OUT's store, resumably), then its manifest lines are adopted (manifest, then
+journal), then its rejects; a shard is deleted only after all of it is adopted. So a crash
+mid-merge loses nothing, and a rerun (or `preprocess merge OUT`) completes it.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
-from ..contract import MANIFESTS, PATH_KEYS, REJECTS, SHARDS, STATS
+from ..contract import MANIFESTS, REJECTS, SHARDS, STATS
 from ..manifest import Reject, read_output_manifest
-from . import open_writer
-from .dataset import ConfigMismatch, OutputDir, OutputExists
-from .fsutil import syncfs
-from .journal import Journal
+from .dataset import OutputDir, OutputExists
+from .formats import detect_format, format_named
+from .fsutil import append_durable, syncfs
+from .journal import ConfigMismatch, Journal
 from .stats import write_stats
 
 
-def merge_shards(output: OutputDir) -> int:
-    """Adopt every finished record of OUT/shards/* into OUT, then delete the shards.
+# Under OUT/shards: the run record (stats.json's last_run) of every shard adopted and deleted,
+# so that `preprocess merge` reports all of the shards' runs after a crash mid-merge.
+RUNS = "runs.jsonl"
+
+
+def shard_dirs(out: Path) -> list[Path]:
+    root = out / SHARDS
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def merge_shards(output: OutputDir, *, keep_runs: bool = False) -> int:
+    """Adopt every finished record of OUT/shards/* into OUT, then delete the shards (and
+    OUT/shards, unless `keep_runs`: then the shards' run records stay, see `shard_runs`).
     Idempotent: records already adopted are skipped. Returns the number adopted."""
     root = output.path / SHARDS
     if not root.is_dir():
         return 0
+    fmt = format_named(output.store.format)
     adopted = 0
-    for shard in sorted(p for p in root.iterdir() if p.is_dir()):
+    for shard in shard_dirs(output.path):
         fp = Journal.read_fingerprint(shard)
         if fp is None:
             shutil.rmtree(shard)
@@ -34,24 +48,15 @@ def merge_shards(output: OutputDir) -> int:
         if fp != output.journal.fingerprint:
             raise ConfigMismatch(f"{shard} was made with other settings than {output.path}; "
                                  "remove it or rerun with its settings")
-        packed = output.store.format == "zarr"
-        sub = OutputDir(shard, fp, open_writer(shard, output.store.format,
-                                              getattr(output.store, "latent_dtype", "float32")))
+        # Opening the shard as an output takes its lock and drops what its journal does not
+        # mark done (a crash between its manifest append and its journal).
+        sub = OutputDir(shard, fp, fmt.reopen_writer(shard))
         try:
-            if packed:
-                from .zarr import merge_zarr_stores
-                rows = merge_zarr_stores([shard], output.store)
-            lines = []
-            for split, name in MANIFESTS.items():
-                for line in read_output_manifest(shard / name)[0]:
-                    if line["id"] in output.done:
-                        continue
-                    if packed:
-                        line["row"] = rows[(0, line["row"])]
-                    else:
-                        for key in PATH_KEYS:
-                            _link(shard / line[key], output.path / line[key])
-                    lines.append((split, line))
+            todo = [(split, line) for split, name in MANIFESTS.items()
+                    for line in read_output_manifest(shard / name)[0]
+                    if line["id"] not in output.done]
+            moved = fmt.adopt(output.store, shard, [line for _, line in todo])
+            lines = [(split, line) for (split, _), line in zip(todo, moved)]
             syncfs(output.path)
             output.adopt(lines)
             adopted += len(lines)
@@ -59,51 +64,74 @@ def merge_shards(output: OutputDir) -> int:
             output.add_rejects(Reject(r["line"], r.get("id"), r["stage"], r["reason"]) for r in rejects)
         finally:
             sub.close()
+        run = _finished_stats(shard).get("last_run")
+        if isinstance(run, dict):
+            append_durable(root / RUNS, (json.dumps({"shard": shard.name, "run": run}) + "\n").encode())
         shutil.rmtree(shard)
-    root.rmdir()
+    if not keep_runs:
+        remove_shards_dir(output.path)
     return adopted
 
 
-def _link(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    if tmp.exists():
-        tmp.unlink()
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def shard_runs(out: Path) -> list[dict]:
+    """The run record of every shard of OUT: those adopted already, then those waiting."""
+    recorded = {r["shard"]: r["run"] for r in read_output_manifest(out / SHARDS / RUNS, require_id=False)[0]
+                if isinstance(r.get("run"), dict) and isinstance(r.get("shard"), str)}
+    for shard in shard_dirs(out):
+        run = _finished_stats(shard).get("last_run")
+        if isinstance(run, dict):
+            recorded.setdefault(shard.name, run)
+    return [recorded[k] for k in sorted(recorded)]
+
+
+def remove_shards_dir(out: Path) -> None:
+    root = out / SHARDS
+    if root.is_dir():
+        (root / RUNS).unlink(missing_ok=True)
+        root.rmdir()
 
 
 def merge_command(out: Path) -> int:
-    """`preprocess merge OUT`: finish a merge that a crash interrupted."""
+    """`preprocess merge OUT`: finish a merge that a crash interrupted. stats.json keeps the
+    provenance and the last run's record of OUT or, where OUT has none yet, of a shard."""
+    shards = shard_dirs(out)
     fp = Journal.read_fingerprint(out)
-    shards = out / SHARDS
     if fp is None:
-        found = sorted(shards.glob("*/")) if shards.is_dir() else []
-        fp = Journal.read_fingerprint(found[0]) if found else None
+        fp = Journal.read_fingerprint(shards[0]) if shards else None
     if fp is None:
-        raise OutputExists(f"{out}: nothing to merge (no progress file in it or in {shards})")
-    shard_dirs = sorted(shards.glob("*/")) if shards.is_dir() else []
-    provenance = _stats_provenance(out, *shard_dirs)
-    options = provenance.get("options", {})
-    fmt = "zarr" if any((d / "features.zarr").exists() for d in [out, *shard_dirs]) else "npy"
-    output = OutputDir(out, fp, open_writer(out, fmt, options.get("latent_dtype", "float32")))
+        raise OutputExists(f"{out}: nothing to merge (no progress file in it or in {out / SHARDS})")
+    own, of_shards = _finished_stats(out), [s for s in map(_finished_stats, shards) if s]
+    provenance = (own or (of_shards[0] if of_shards else {})).get("provenance", {})
+    run = combined_runs(shard_runs(out)) or own.get("last_run")
+    fmt = detect_format(out, *shards)
+    output = OutputDir(out, fp, fmt.writer(out, provenance.get("options", {}).get("latent_dtype", "float32")))
     try:
-        n = merge_shards(output)
+        n = merge_shards(output, keep_runs=True)
         output.finalize()
-        write_stats(out, provenance)
+        write_stats(out, provenance, run=run)
+        remove_shards_dir(out)  # the run records, now in stats.json
     finally:
         output.close()
     return n
 
 
-def _stats_provenance(*dirs: Path) -> dict:
-    """The provenance recorded by the first of `dirs` that finished a stats.json."""
-    for d in dirs:
-        try:
-            return json.loads((d / STATS).read_text())["provenance"]
-        except (OSError, KeyError, ValueError):
-            continue
-    return {}
+def combined_runs(runs: list[dict]) -> dict | None:
+    """One record of the shards' runs: counts summed, anything else as the first shard has it,
+    and how many shards ran."""
+    if not runs:
+        return None
+    combined = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            combined[key] = sum(r.get(key, 0) for r in runs if isinstance(r.get(key, 0), int))
+    combined["shards"] = len(runs)
+    return combined
+
+
+def _finished_stats(d: Path) -> dict:
+    """The stats.json of `d` where a run finished it (it has a provenance); else {}."""
+    try:
+        stats = json.loads((d / STATS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) and isinstance(stats.get("provenance"), dict) else {}
