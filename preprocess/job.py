@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .options import JobOptions, output_options
+from .phase import Phase
 from .plan import Plan, make_plan
 from .store.journal import fingerprint_of
 from .store.dataset import OutputDir
@@ -50,24 +51,6 @@ class RunSummary:
                 f"{s.get('train', 0)} train and {s.get('val', 0)} val utterances "
                 f"({sum(s.get('hours', {}).values()):.2f} h), {s.get('rejected', 0)} rejects in all"
                 f"{padding}.")
-
-
-class Phase:
-    """Times one phase of a run into `summary.stage_seconds[name]` and, with progress on, says
-    what it did on one line of stderr (before the bar, so a long silent wait has a name)."""
-
-    def __init__(self, summary: "RunSummary", name: str, words: str, show: bool):
-        self.summary, self.name, self.words, self.show = summary, name, words, show
-
-    def __enter__(self):
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        seconds = time.perf_counter() - self.t0
-        self.summary.stage_seconds[self.name] = seconds
-        if self.show and exc[0] is None:
-            print(f"{self.words} ({seconds:.1f} s)", file=sys.stderr, flush=True)
 
 
 class Job:
@@ -123,16 +106,4 @@ class Job:
                 "version": __version__}
 
 
-def run_job(opts: JobOptions, bundle=None, provenance: dict | None = None,
-            on_progress=None, on_batch=None) -> RunSummary:
-    """Process one manifest into one output directory, in this process.
-
-    `bundle`: a ModelBundle, or a callable returning one (called only if there is work), so
-    several datasets share models loaded once. `on_progress(utterances, audio_seconds)` after
-    each committed batch; `on_batch(BatchTiming)` after each batch the device ran."""
-    from .executors.inprocess import InProcess
-
-    return Job(opts, provenance).run(InProcess(bundle, on_progress=on_progress, on_batch=on_batch))
-
-
-__all__ = ["Job", "JobOptions", "Plan", "RunSummary", "run_job"]
+__all__ = ["Job", "JobOptions", "Plan", "RunSummary"]

@@ -6,7 +6,8 @@ import torch
 from preprocess.batching import Budget, batch_cost, take_batch
 from preprocess.models.bundle import ModelBundle
 from preprocess.device import DeviceStage
-from preprocess.job import JobOptions, run_job
+from preprocess.executors.inprocess import run_job
+from preprocess.job import JobOptions
 from preprocess.prepare import Prepared
 from test_pipeline import GOOD, corpus, read_lines  # noqa: F401
 

@@ -88,6 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=2, help="reference mode: interleaved rounds per variant")
     ap.add_argument("--threads-variant", action="append", metavar="W,M,N",
                     help="reference mode: also run the job with W workers, M model threads, niceness N")
+    import bench_store
+    bench_store.add_arguments(ap)
     ap.add_argument("--out", type=Path, default=None,
                     help="work directory (default: a temporary one, removed)")
     return ap.parse_args(argv)

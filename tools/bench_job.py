@@ -39,7 +39,7 @@ from benchlib import (MIB, HostLoad, TreeRss, checkpoint_parameters, draw_durati
 from preprocess.batching import MIN_PADDING_EFFICIENCY, BatchPlanner, Budget, cpu_ceiling
 from preprocess.device import PRECISIONS, resolve_device
 from preprocess.executors.inprocess import choose_threads
-from preprocess.job import run_job
+from preprocess.executors.inprocess import run_job
 from preprocess.models.bundle import ModelBundle, ModelPaths
 from preprocess.options import JobOptions
 from preprocess.plan import Plan, make_plan

@@ -225,7 +225,7 @@ def read_store(out: Path, reads: int, seed: int) -> dict:
 def store_benchmark(args) -> dict:
     if args.format == "npy" and args.latent_dtype != "float32":
         raise SystemExit("--latent-dtype float16 needs --format zarr (the npy layout is float32)")
-    from bench import HostLoad, peak_rss_mib
+    from benchlib import HostLoad, peak_rss_mib
 
     load = HostLoad()
     work = args.out or Path(tempfile.mkdtemp(prefix="preprocess-bench-store-"))
@@ -280,7 +280,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     """Run the store benchmark; print the report as JSON and return it."""
-    from bench import machine_info
+    from benchlib import machine_info
 
     args = parse_args(argv)
     report = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "machine": machine_info(),

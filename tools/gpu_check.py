@@ -62,7 +62,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 # from it is on these two lines.
 from preprocess.device import is_oom  # noqa: E402
 from preprocess.executors.devices import OnePerDevice  # noqa: E402
-from preprocess.job import Job, RunSummary, run_job  # noqa: E402
+from preprocess.executors.inprocess import run_job  # noqa: E402
+from preprocess.job import Job, RunSummary  # noqa: E402
 from preprocess.options import JobOptions  # noqa: E402
 
 from preprocess.audio import load_audio, to_16k  # noqa: E402

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from ..batching import (MAX_BATCH_SECONDS, MIN_PADDING_EFFICIENCY, BatchPlanner, Budget, cpu_ceiling,
                         probe_cuda_ceiling)
 from ..contract import BATCH_BUDGET
-from ..job import Phase
 from ..manifest import Reject
+from ..phase import Phase
 from ..prepare import CpuStage, Prepared, PreparedStream
 from ..store.fsutil import write_atomic
 from ..writer import Writer, entry
@@ -232,3 +232,15 @@ def _read_json(path) -> dict | None:
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def run_job(opts, bundle=None, provenance: dict | None = None,
+            on_progress=None, on_batch=None):
+    """Process one manifest into one output directory, in this process -> RunSummary.
+
+    `bundle`: a ModelBundle, or a callable returning one (called only if there is work), so
+    several datasets share models loaded once. `on_progress(utterances, audio_seconds)` after
+    each committed batch; `on_batch(BatchTiming)` after each batch the device ran."""
+    from ..job import Job
+
+    return Job(opts, provenance).run(InProcess(bundle, on_progress=on_progress, on_batch=on_batch))
