@@ -69,6 +69,9 @@ def _model_options(f):
               help="npy: the trainer's layout; zarr: a packed store (export with 'preprocess export').")
 @click.option("--latent-dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="Storage dtype of condition and emo_vec in the zarr format.")
+@click.option("--trust-checkpoint", is_flag=True,
+              help="Load a gpt.pth that pickles more than tensors with the full unpickler, which can "
+                   "run code stored in the file. Only for checkpoints you trust.")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any record was rejected.")
 @click.option("--force", is_flag=True, help="Replace outputs made with other settings instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -76,7 +79,8 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
                     w2v_stats, w2v_bert, semantic_codec, language, job_config, layer, val_ratio,
                     batch_size, workers,
                     device, devices, precision, max_samples, min_duration, max_duration,
-                    max_text_len, max_code_len, resample, fmt, latent_dtype, strict, force, quiet):
+                    max_text_len, max_code_len, resample, fmt, latent_dtype, trust_checkpoint, strict,
+                    force, quiet):
     """Turn a speech corpus manifest into IndexTTS2 GPT training features.
 
     Writes text ids, semantic codes, conditioning latents and emotion vectors per utterance,
@@ -130,7 +134,7 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
         batch_size=batch_size, workers=workers, device=device, precision=precision,
         max_samples=max_samples, limits=limits, resample=resample, format=fmt,
         latent_dtype=latent_dtype, layer=defaults.layer if layer is None else layer, force=force,
-        progress=not quiet)
+        progress=not quiet, trust_checkpoint=trust_checkpoint)
     code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo)
     sys.exit(code)
 

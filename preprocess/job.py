@@ -20,7 +20,7 @@ from . import __version__
 from .options import JobOptions, output_options
 from .phase import Phase
 from .plan import Plan, make_plan
-from .store.journal import fingerprint_of
+from .store.journal import ConfigMismatch, fingerprint_of
 from .store.dataset import OutputDir
 from .store.stats import write_stats
 
@@ -72,9 +72,26 @@ class Job:
 
         path = self.opts.output_dir if path is None else path
         opts = self.opts
-        return OutputDir(path, self.fingerprint,
-                         lambda: open_writer(path, opts.format, opts.latent_dtype),
-                         force=opts.force if force is None else force)
+        try:
+            return OutputDir(path, self.fingerprint,
+                             lambda: open_writer(path, opts.format, opts.latent_dtype),
+                             force=opts.force if force is None else force)
+        except ConfigMismatch as e:
+            raise ConfigMismatch(f"{e}{self._what_differs(path)}") from None
+
+    def _what_differs(self, path: Path) -> str:
+        """The settings and files that differ from the run that made `path`, from its stats.json."""
+        import json
+
+        from .contract import STATS
+        from .provenance import changes
+
+        try:
+            old = json.loads((path / STATS).read_text(encoding="utf-8"))["provenance"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return " (no stats.json there to say which settings differ)"
+        found = changes(old, self.provenance)
+        return "; what differs: " + "; ".join(found) if found else ""
 
     def run(self, executor) -> RunSummary:
         t_start = time.perf_counter()

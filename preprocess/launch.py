@@ -45,7 +45,8 @@ class SharedModels:
     def __call__(self):
         if self.bundle is None:
             from .models.bundle import ModelBundle
-            self.bundle = ModelBundle.load(self.opts.models, layer=self.opts.layer)
+            self.bundle = ModelBundle.load(self.opts.models, layer=self.opts.layer,
+                                           trust_checkpoint=self.opts.trust_checkpoint)
         return self.bundle
 
 
@@ -58,6 +59,7 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
     """Run every dataset in turn; returns the process exit code."""
     from .executors.devices import OnePerDevice, WorkerFailed
     from .executors.inprocess import InProcess
+    from .models.unifiedvoice import UntrustedCheckpoint
     from .job import Job
     from .provenance import describe_inputs
 
@@ -74,6 +76,9 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
             summary = Job(opts, provenance).run(executor)
         except (ConfigMismatch, OutputExists) as e:
             echo(f"error: {e}", err=True)
+            return 2
+        except UntrustedCheckpoint as e:
+            echo(f"error: {e}; pass --trust-checkpoint if you do", err=True)
             return 2
         except WorkerFailed as e:
             echo(f"error: {e}", err=True)

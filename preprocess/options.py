@@ -85,6 +85,7 @@ class JobOptions:
     force: bool = False
     memory_fraction: float = 0.9
     progress: bool = True
+    trust_checkpoint: bool = False  # gpt.pth through the full unpickler (it can run code in the file)
     only_ids: frozenset[str] | None = None  # this process's share of the ids (one GPU of several)
 
 

@@ -37,6 +37,23 @@ def sha256_file(path: str | os.PathLike, cache: dict | None = None) -> str:
     return digest
 
 
+def changes(old: dict, new: dict) -> list[str]:
+    """What differs between two provenances, in the terms of the fingerprint: each input file
+    whose bytes changed, each option whose value changed ("name: old -> new")."""
+    out = []
+    old_files, new_files = old.get("files", {}), new.get("files", {})
+    for name in sorted(set(old_files) | set(new_files)):
+        a, b = (old_files.get(name) or {}).get("sha256"), (new_files.get(name) or {}).get("sha256")
+        if a != b:
+            out.append(f"{name}: {(a or 'absent')[:12]} -> {(b or 'absent')[:12]} "
+                       f"({(new_files.get(name) or old_files.get(name))['path']})")
+    old_opts, new_opts = old.get("options", {}), new.get("options", {})
+    for name in sorted(set(old_opts) | set(new_opts)):
+        if old_opts.get(name) != new_opts.get(name):
+            out.append(f"{name}: {old_opts.get(name)!r} -> {new_opts.get(name)!r}")
+    return out
+
+
 def package_versions() -> dict:
     out = {"python": platform.python_version()}
     for name in PACKAGES:

@@ -144,3 +144,21 @@ def test_kill_during_the_budget_search_loses_nothing(corpus, tiny_models, tmp_pa
         assert np.array_equal(np.load(single / line["codes_path"]), np.load(out / line["codes_path"]))
         np.testing.assert_allclose(np.load(single / line["condition_path"]),
                                    np.load(out / line["condition_path"]), atol=1e-4, rtol=0)
+
+
+def test_untrusted_checkpoint_is_refused_and_the_flag_named(corpus, tiny_models, tmp_path):  # noqa: F811
+    import argparse
+
+    import torch
+
+    ckpt = {"model": torch.load(tiny_models / "gpt.pth", weights_only=True), "args": argparse.Namespace(lr=1)}
+    if isinstance(ckpt["model"], dict) and "model" in ckpt["model"]:
+        ckpt["model"] = ckpt["model"]["model"]
+    trainer = tmp_path / "trainer.pth"
+    torch.save(ckpt, trainer)
+    r = run_cli(corpus, tmp_path / "refused", tiny_models, "--gpt-checkpoint", trainer, "--batch-size", "3",
+                check=False)
+    assert r.returncode == 2 and "argparse.Namespace" in r.stderr and "--trust-checkpoint" in r.stderr
+    r = run_cli(corpus, tmp_path / "trusted", tiny_models, "--gpt-checkpoint", trainer, "--batch-size", "3",
+                "--trust-checkpoint")
+    assert f"Processed {len(GOOD)} utterances" in r.stdout

@@ -211,6 +211,7 @@ def test_rerun_is_a_noop_and_changed_settings_are_refused(reference_run, corpus,
     assert_same_output(reference_run, tmp_path)
     r = run_cli(corpus, tmp_path, tiny_models, "--val-ratio", "0.5", check=False)
     assert r.returncode == 2 and "--force" in r.stderr and "other settings" in r.stderr
+    assert "val_ratio: 0.3 -> 0.5" in r.stderr  # which setting changed, old -> new
     r = run_cli(corpus, tmp_path, tiny_models, "--val-ratio", "0.5", "--force")
     val = read_lines(tmp_path / "val_manifest.jsonl")
     assert {x["id"] for x in val} == {g[0] for g in GOOD if is_val(g[0], 0.5)}

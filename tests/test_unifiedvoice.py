@@ -3,6 +3,7 @@
 import argparse
 import json
 import math
+import pathlib
 import warnings
 
 import pytest
@@ -14,6 +15,7 @@ from preprocess.models.unifiedvoice import (
     CheckpointError,
     ConditioningConfig,
     UnifiedVoiceConditioning,
+    UntrustedCheckpoint,
 )
 
 # The `gpt` section of the official IndexTTS2 config.yaml (contract §7.4), conditioning part.
@@ -177,18 +179,40 @@ def test_checkpoint_errors_name_key_and_file(tmp_path, tiny_model):
         UnifiedVoiceConditioning.from_checkpoint(tmp_path / "nothere.pth", tiny_config())
 
 
-def test_pickled_trainer_checkpoint_falls_back_with_a_reason(tmp_path, tiny_model):
+def test_pickled_trainer_checkpoint_is_refused_unless_trusted(tmp_path, tiny_model):
     path = tmp_path / "trainer.pth"
     save_checkpoint(path, tiny_model, nest=True, extra={})
     ckpt = torch.load(path, weights_only=True)
     ckpt["args"] = argparse.Namespace(lr=1e-4)  # not allowed by the weights-only unpickler
     torch.save(ckpt, path)
 
+    with pytest.raises(UntrustedCheckpoint, match="argparse.Namespace"):
+        UnifiedVoiceConditioning.from_checkpoint(path, tiny_config())
     with pytest.warns(UserWarning, match="argparse.Namespace"):
-        loaded = UnifiedVoiceConditioning.from_checkpoint(path, tiny_config())
+        loaded = UnifiedVoiceConditioning.from_checkpoint(path, tiny_config(), allow_pickle=True)
     assert torch.equal(loaded.emo_layer.weight, tiny_model.emo_layer.weight)
-    with pytest.raises(CheckpointError, match="weights-only"):
-        UnifiedVoiceConditioning.from_checkpoint(path, tiny_config(), allow_pickle=False)
+
+
+class _RunsCode:
+    """What a hostile checkpoint can carry: unpickling it calls a function of its choosing."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_by_default(tmp_path, tiny_model):
+    path, marker = tmp_path / "hostile.pth", tmp_path / "code_ran"
+    save_checkpoint(path, tiny_model, nest=True, extra={})
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["payload"] = _RunsCode(marker)
+    torch.save(ckpt, path)
+    assert not marker.exists()
+    with pytest.raises(UntrustedCheckpoint, match="hostile.pth"):
+        UnifiedVoiceConditioning.from_checkpoint(path, tiny_config())
+    assert not marker.exists()  # refused before anything in the file ran
 
 
 def test_damaged_file_is_an_error_not_a_pickle_fallback(tmp_path, tiny_model):

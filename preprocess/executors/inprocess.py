@@ -80,7 +80,7 @@ class InProcess:
         from ..models.bundle import ModelBundle
 
         if self.bundle is None:
-            return ModelBundle.load(opts.models, layer=opts.layer)
+            return ModelBundle.load(opts.models, layer=opts.layer, trust_checkpoint=opts.trust_checkpoint)
         return self.bundle() if callable(self.bundle) else self.bundle
 
     def execute(self, job, plan, output, summary) -> None:

@@ -117,7 +117,8 @@ class ModelBundle:
         self.device, self.dtype = torch.device("cpu"), torch.float32
 
     @classmethod
-    def load(cls, paths: ModelPaths, layer: int = 17) -> "ModelBundle":
+    def load(cls, paths: ModelPaths, layer: int = 17, trust_checkpoint: bool = False) -> "ModelBundle":
+        """`trust_checkpoint`: allow gpt.pth's full unpickler (it can run code in the file)."""
         cfg = load_config(paths.config)
         encoder = SemanticEncoder.from_pretrained(paths.w2v_bert, layer=layer)
         standardizer = FeatureStandardizer.from_file(paths.w2v_stats)
@@ -125,7 +126,8 @@ class ModelBundle:
                                         SemanticCodecConfig.from_dict(cfg.get("semantic_codec")))
         width = standardizer.mean.numel()
         heads = UnifiedVoiceConditioning.from_checkpoint(
-            paths.gpt_checkpoint, ConditioningConfig.from_gpt_section(cfg["gpt"], input_size=width))
+            paths.gpt_checkpoint, ConditioningConfig.from_gpt_section(cfg["gpt"], input_size=width),
+            allow_pickle=trust_checkpoint)
         return cls(encoder, standardizer, codec, heads)
 
     def modules(self):

@@ -37,6 +37,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file and the key."""
 
 
+class UntrustedCheckpoint(CheckpointError):
+    """The checkpoint pickles objects beyond tensors; loading it would need the full unpickler."""
+
+
 @dataclass
 class ConditioningConfig:
     """Defaults are the official IndexTTS2 `gpt` section (contract §7.4)."""
@@ -128,7 +132,7 @@ class UnifiedVoiceConditioning(nn.Module):
 
     @classmethod
     def from_checkpoint(
-        cls, gpt_path, config: ConditioningConfig, allow_pickle: bool = True
+        cls, gpt_path, config: ConditioningConfig, allow_pickle: bool = False
     ) -> UnifiedVoiceConditioning:
         """Load the six prefixes of a `gpt.pth` (base file or trainer checkpoint).
 
@@ -171,12 +175,13 @@ class UnifiedVoiceConditioning(nn.Module):
         return model.eval()
 
 
-def load_gpt_state(path: str, allow_pickle: bool = True) -> dict:
+def load_gpt_state(path: str, allow_pickle: bool = False) -> dict:
     """The state dict in a gpt.pth: `ckpt["model"]` if present, else the top level.
 
-    Tried with the weights-only unpickler first. Trainer checkpoints may also pickle objects
-    (e.g. an argparse.Namespace) that it refuses; only then, and only with allow_pickle, is the
-    file loaded with the full unpickler, with a warning that names the object.
+    Loaded with the weights-only unpickler: a file from elsewhere cannot run code. A checkpoint
+    that also pickles other objects (a trainer's argparse.Namespace, say) is refused with the
+    name of the object, unless `allow_pickle` (the owner trusts the file): then the full
+    unpickler loads it, with a warning that names the object.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"gpt checkpoint not found: {path}")
@@ -198,8 +203,10 @@ def load_gpt_state(path: str, allow_pickle: bool = True) -> dict:
                 raise  # not a refused class: a damaged file
             reason = unpickler_reason(err)
             if not allow_pickle:
-                raise CheckpointError(
-                    f"{path}: not loadable with the weights-only unpickler ({reason})"
+                raise UntrustedCheckpoint(
+                    f"{path}: not loadable with the weights-only unpickler ({reason}); the full "
+                    "unpickler can run code stored in the file, so it is used only for a "
+                    "checkpoint you trust"
                 ) from err
             warnings.warn(
                 f"{path}: the weights-only unpickler refused it ({reason}); loading with the full "
