@@ -13,7 +13,7 @@ from preprocess.pairs import (PAIR_KEYS, ManifestPairs, PairError, _LineFormatte
                               generate_pairs, group_by_speaker, pair_record,
                               read_pairing_records)
 from preprocess.store.dataset import MANIFESTS, dumps_line, manifest_line
-from preprocess.store.npy import NpyStore, UtteranceFeatures, relative_paths
+from preprocess.store.npy import NpyWriter, UtteranceFeatures, relative_paths
 
 # contract §10 "Pair record", in order
 CONTRACT_KEYS = [
@@ -30,11 +30,11 @@ def _base(id_, speaker, duration=1.0):
 
 
 def make_out_dir(root: Path, spec: dict, seed=0) -> Path:
-    """spec: split -> list of (id, speaker); real .npy files through NpyStore, real manifest
+    """spec: split -> list of (id, speaker); real .npy files through NpyWriter, real manifest
     lines through manifest_line."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    store = NpyStore(root)
+    store = NpyWriter(root)
     for split, utts in spec.items():
         feats, lines = [], []
         for id_, speaker in utts:

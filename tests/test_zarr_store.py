@@ -18,7 +18,7 @@ from preprocess.store.zarr import writer as zarr_writer
 from preprocess.store.dataset import MANIFESTS, PATH_KEYS, STATS, OutputDir
 from preprocess.store.export import export_npy
 from preprocess.store.fsutil import write_atomic
-from preprocess.store.npy import NpyStore, UtteranceFeatures, relative_paths
+from preprocess.store.npy import NpyWriter, UtteranceFeatures, relative_paths
 from preprocess.store.reader import FeatureReader
 from preprocess.store.zarr import STORE_DIR, estimate_file_count
 from preprocess.store.zarr.merge import merge_zarr_stores
@@ -79,7 +79,7 @@ def test_npy_and_zarr_read_back_the_same_and_export_equals_npy(tmp_path):
     rng = np.random.default_rng(0)
     batches = [make_items(rng, 16), make_items(rng, 30, 16), make_items(rng, 24, 46)]
     items = [it for b in batches for it in b]
-    write_output(tmp_path / "npy", NpyStore(tmp_path / "npy"), batches)
+    write_output(tmp_path / "npy", NpyWriter(tmp_path / "npy"), batches)
     store = ZarrStore(tmp_path / "zarr", dim=DIM)
     write_output(tmp_path / "zarr", store, batches)
 
@@ -304,7 +304,7 @@ def test_timings_full_size(tmp_path):
     batches = [make_items(rng, 64, 64 * k, dim=1280, max_codes=1000) for k in range(4)]
     n = sum(map(len, batches))
     report = []
-    stores = (("npy", NpyStore(tmp_path / "npy")), ("zarr", ZarrStore(tmp_path / "zarr")),
+    stores = (("npy", NpyWriter(tmp_path / "npy")), ("zarr", ZarrStore(tmp_path / "zarr")),
               ("zarr flush_rows=1024", ZarrStore(tmp_path / "buffered", flush_rows=1024)))
     for name, store in stores:
         t = time.perf_counter()

@@ -6,7 +6,5 @@ from .layout import FEATURE_DIRS, fanout, relative_paths
 from .reader import NpyRows, load_npy
 from .writer import NpyWriter
 
-NpyStore = NpyWriter  # the name pipeline.py imports
-
-__all__ = ["FEATURE_DIRS", "NpyRows", "NpyStore", "NpyWriter", "UtteranceFeatures", "fanout",
+__all__ = ["FEATURE_DIRS", "NpyRows", "NpyWriter", "UtteranceFeatures", "fanout",
            "load_npy", "relative_paths"]
