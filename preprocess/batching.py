@@ -78,6 +78,11 @@ class Budget:
             self._successes = 0
 
 
+def automatic_budget(ceiling: float) -> Budget:
+    """The budget of `--batch-size 0` under a memory ceiling: cut by cost, with the padding rule."""
+    return Budget(cost=ceiling, min_padding_efficiency=MIN_PADDING_EFFICIENCY)
+
+
 def take_batch(frames: list[int], start: int, budget: Budget) -> int:
     """Length of the longest run frames[start:start+n] that fits the budget (at least 1).
     `frames` is sorted by decreasing length, so the first item of a run is its padded length."""

@@ -36,7 +36,7 @@ import torch
 from benchlib import (MIB, HostLoad, TreeRss, checkpoint_parameters, draw_durations, ensure_models,
                       generate_corpus, model_paths, model_sizes, peak_rss_mib)
 
-from preprocess.batching import MIN_PADDING_EFFICIENCY, BatchPlanner, Budget, cpu_ceiling
+from preprocess.batching import BatchPlanner, Budget, automatic_budget, cpu_ceiling
 from preprocess.device import PRECISIONS, resolve_device
 from preprocess.executors.inprocess import choose_threads
 from preprocess.executors.inprocess import run_job
@@ -266,7 +266,7 @@ def plan_only(args) -> dict:
     if args.batch_size > 0:
         budget = Budget(cost=math.inf, max_items=args.batch_size)
     else:
-        budget = Budget(cost=args.budget_cost or cpu_ceiling(), min_padding_efficiency=MIN_PADDING_EFFICIENCY)
+        budget = automatic_budget(args.budget_cost or cpu_ceiling())
     batches = [b.indices for b in BatchPlanner(frames, [True] * len(frames), budget)]
     sizes = [len(b) for b in batches]
     n = len(frames)
@@ -317,7 +317,7 @@ def benchmark(args) -> dict:
                 batches = [t.indices for t in timings]
             else:   # without a run to copy: --batch-size, or the CPU ceiling (no search)
                 budget = (Budget(math.inf, max_items=args.batch_size) if args.batch_size > 0 else
-                          Budget(cpu_ceiling(), min_padding_efficiency=MIN_PADDING_EFFICIENCY))
+                          automatic_budget(cpu_ceiling()))
                 batches = [b.indices for b in BatchPlanner(plan.frames, plan.todo, budget)]
             inputs, report["cpu_stage"] = prepare_inputs(plan, batches, opts.tokenizer, opts.resample)
             if args.mode in ("model-only", "both"):

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..batching import (MAX_BATCH_SECONDS, MIN_PADDING_EFFICIENCY, BatchPlanner, Budget, cpu_ceiling,
+from ..batching import (MAX_BATCH_SECONDS, BatchPlanner, Budget, automatic_budget, cpu_ceiling,
                         probe_cuda_ceiling)
 from ..contract import BATCH_BUDGET
 from ..manifest import Reject
@@ -170,7 +170,7 @@ class InProcess:
             ceiling = probe_cuda_ceiling(bundle.run, device, max(plan.frames), opts.memory_fraction)
         else:
             ceiling = cpu_ceiling()
-        budget = Budget(cost=ceiling, min_padding_efficiency=MIN_PADDING_EFFICIENCY)
+        budget = automatic_budget(ceiling)
         path = output.path / BATCH_BUDGET
         key = plan_key(plan)
         record = old = _read_json(path)
