@@ -146,13 +146,26 @@ def main():
 
 @main.command()
 @click.argument("out", type=PATH)
-def verify(out):
+@click.option("--repair", is_flag=True,
+              help="Withdraw every damaged record from the manifests and the progress file, so "
+                   "that rerunning the same preprocess-data command recomputes exactly those.")
+def verify(out, repair):
     """Check every manifest line of OUT as the trainer would read it; non-zero exit on problems."""
-    from .verify import verify_output
+    from .repair import repair_output
+    from .store.dataset import ConfigMismatch, OutputExists
+    from .verify import RunInProgress, verify_output
 
-    report = verify_output(out)
+    try:
+        if not repair:
+            report = verify_output(out)
+            click.echo(report.render())
+            sys.exit(0 if report.ok else 1)
+        report, fixed = repair_output(out)
+    except (RunInProgress, OutputExists, ConfigMismatch, FileNotFoundError) as e:
+        fail(str(e))
     click.echo(report.render())
-    sys.exit(0 if report.ok else 1)
+    click.echo(fixed.render())
+    sys.exit(1 if fixed.left else 0)
 
 
 @main.command()
@@ -192,7 +205,11 @@ def pairs(outs, pairs_per_target, max_pairs, min_text_len, min_code_len, seed, s
 def stats(out, json_path, png_path):
     """Hours per split, language and speaker; length distributions (table, JSON and PNG)."""
     from .stats_report import format_table, write_stats_report
+    from .store.dataset import run_in_progress
 
+    if run_in_progress(out):
+        click.echo(f"note: a run is writing to {out} now; these figures cover what it has "
+                   "finished so far", err=True)
     result = write_stats_report(out, json_path or out / "dataset_stats.json",
                                 png_path or out / "dataset_stats.png")
     click.echo(format_table(result))
@@ -203,12 +220,17 @@ def stats(out, json_path, png_path):
 def merge(out):
     """Merge the per-device shards left in OUT/shards by an interrupted multi-GPU run."""
     from .store.dataset import ConfigMismatch, OutputExists
-    from .store.shards import merge_command
+    from .store.fsutil import is_disk_full
+    from .store.shards import merge_command, merge_disk_full_message
 
     try:
         n = merge_command(out)
     except (ConfigMismatch, OutputExists) as e:
         fail(str(e))
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        fail(merge_disk_full_message(out), 1)
     click.echo(f"merged {n} utterances into {out}")
 
 

@@ -22,6 +22,7 @@ from .phase import Phase
 from .plan import Plan, make_plan
 from .store.journal import ConfigMismatch, fingerprint_of
 from .store.dataset import OutputDir
+from .store.fsutil import DiskFull, free_bytes, human_bytes, is_disk_full
 from .store.stats import write_stats
 
 
@@ -96,25 +97,55 @@ class Job:
     def run(self, executor) -> RunSummary:
         t_start = time.perf_counter()
         opts = self.opts
-        output = self.open_output()
+        try:
+            output = self.open_output()
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise DiskFull(self._disk_full_message(None, set())) from e
         summary = RunSummary(opts.output_dir, stage_seconds={"hash_inputs": self.hash_seconds})
         if opts.progress:
             print(f"checked model and tokenizer files ({self.hash_seconds:.1f} s)", file=sys.stderr)
+        plan = None
         try:
-            executor.before_plan(self, output)
-            with Phase(summary, "plan", f"planned {opts.manifest}", opts.progress):
-                plan = make_plan(opts, output.done, output.rejected_lines)
-            summary.skipped_done = plan.skipped_done
-            output.add_rejects(plan.rejects)
-            summary.rejected += len(plan.rejects)
-            if any(plan.todo):
-                executor.execute(self, plan, output, summary)
-            output.finalize(plan.line_of)
-            summary.stats = write_stats(opts.output_dir, self.provenance, run=self.last_run(summary))
-        finally:
-            output.close()
+            try:
+                executor.before_plan(self, output)
+                with Phase(summary, "plan", f"planned {opts.manifest}", opts.progress):
+                    plan = make_plan(opts, output.done, output.rejected_lines)
+                summary.skipped_done = plan.skipped_done
+                output.add_rejects(plan.rejects)
+                summary.rejected += len(plan.rejects)
+                if any(plan.todo):
+                    executor.execute(self, plan, output, summary)
+                output.finalize(plan.line_of)
+                summary.stats = write_stats(opts.output_dir, self.provenance, run=self.last_run(summary))
+            finally:
+                output.close()
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            raise DiskFull(self._disk_full_message(plan, output.done)) from e
         summary.wall_seconds = time.perf_counter() - t_start + self.hash_seconds
         return summary
+
+    def _disk_full_message(self, plan: Plan | None, done: set[str]) -> str:
+        """Where, how much is free, about how much the rest needs, and that a rerun resumes."""
+        from .store.formats import format_named
+
+        out = self.opts.output_dir
+        free = free_bytes(out)
+        head = f"{out}: the disk is full" + (f" ({human_bytes(free)} free)" if free is not None else "")
+        if plan is None:
+            return f"{head}; free some space, then rerun the same command"
+        left = [i for i in plan.todo_indices() if plan.items[i].record.id not in done]
+        if not left:
+            return (f"{head} while writing the manifests and stats.json; every utterance is "
+                    "written: free a few MB, then rerun the same command to finish")
+        seconds = sum(plan.seconds[i] for i in left)
+        need = format_named(self.opts.format).bytes_needed(len(left), seconds, self.opts.latent_dtype)
+        return (f"{head}. About {human_bytes(need)} more is needed for the {len(left)} utterances "
+                f"({seconds / 3600:.2f} h of audio) not written yet. Nothing written so far is "
+                "lost: free that much space, then rerun the same command to resume")
 
     @staticmethod
     def last_run(summary: RunSummary) -> dict:

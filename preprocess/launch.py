@@ -6,6 +6,7 @@ the model set is loaded on first use and shared, and the input files are hashed 
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -61,6 +62,7 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
     from .executors.inprocess import InProcess
     from .models.unifiedvoice import UntrustedCheckpoint
     from .job import Job
+    from .store.fsutil import DiskFull
     from .provenance import describe_inputs
 
     models = SharedModels(base)
@@ -80,13 +82,13 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
         except UntrustedCheckpoint as e:
             echo(f"error: {e}; pass --trust-checkpoint if you do", err=True)
             return 2
-        except WorkerFailed as e:
+        except (WorkerFailed, DiskFull) as e:
             echo(f"error: {e}", err=True)
             return 1
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             echo(f"\ninterrupted: work in flight was not marked done; rerun the same command "
                  f"to resume {opts.output_dir}", err=True)
-            return 130
+            return 128 + getattr(e, "signum", signal.SIGINT)
         echo(summary.text())
         any_rejects |= summary.stats.get("rejected", 0) > 0
     if strict and any_rejects:

@@ -91,8 +91,10 @@ def _read_jsonl(path: Path) -> Iterator[Item]:
         for n, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield Reject(n, None, "manifest", "line is not valid UTF-8")
+            except UnicodeDecodeError as e:
+                yield Reject(n, _salvaged_id(raw), "manifest",
+                             f"line {n} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                             f"{e.start + 1}); save the manifest as UTF-8")
                 continue
             if not text.strip():
                 continue
@@ -102,6 +104,16 @@ def _read_jsonl(path: Path) -> Iterator[Item]:
                 yield Reject(n, None, "manifest", f"malformed JSON: {e.msg} at column {e.colno}")
                 continue
             yield _record_from_obj(obj, n)
+
+
+def _salvaged_id(raw: bytes) -> str | None:
+    """The id of a line that is not valid UTF-8, where the id itself is, for the reject."""
+    try:
+        obj = json.loads(raw.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError:
+        return None
+    id_ = obj.get("id") if isinstance(obj, dict) else None
+    return id_ if isinstance(id_, str) and id_ and "\ufffd" not in id_ else None
 
 
 def _read_csv(path: Path) -> Iterator[Item]:
@@ -153,6 +165,16 @@ def resolve_audio(audio: str, manifest_dir: str | os.PathLike) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def missing_audio_reason(audio: str, manifest_dir: str | os.PathLike) -> str:
+    """Why `resolve_audio` found nothing: a directory where a file was expected, or nothing."""
+    p = Path(os.path.expanduser(audio))
+    for candidate in ([p] if p.is_absolute() else [Path(manifest_dir) / p, Path.cwd() / p]):
+        if candidate.is_dir():
+            return f"audio path is a directory, not a file: {candidate}"
+    where = "" if p.is_absolute() else f" (looked in {manifest_dir} and {Path.cwd()})"
+    return f"audio file not found: {audio}{where}"
 
 
 def split_fraction(id_: str) -> float:

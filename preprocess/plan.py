@@ -12,10 +12,9 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 from .batching import frames_for_seconds
-from .manifest import Record, Reject, read_manifest, resolve_audio
+from .manifest import Record, Reject, missing_audio_reason, read_manifest, resolve_audio
 from .options import JobOptions
 
 
@@ -64,7 +63,7 @@ def make_plan(opts: JobOptions, done: set[str], rejected_lines: set[int]) -> Pla
     def probe(rec: Record):
         path = resolve_audio(rec.audio, manifest_dir)
         if path is None:
-            return f"audio file not found: {rec.audio} (looked in {manifest_dir} and {Path.cwd()})"
+            return missing_audio_reason(rec.audio, manifest_dir)
         try:
             return str(path), probe_duration(path)
         except AudioError as e:

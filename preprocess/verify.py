@@ -16,6 +16,7 @@ from .contract import (CODEBOOK_SIZE, CONDITION_LEN, MANIFESTS, MAX_CODE_LEN, MA
                        PAIR_FILES, REQUIRED_KEYS, STATS)
 from .manifest import is_val, read_output_manifest
 from .pairs import check_pairs_for_trainer
+from .store.dataset import run_in_progress
 from .store.formats import detect_format
 
 
@@ -23,13 +24,33 @@ from .store.formats import detect_format
 class Report:
     checked: int = 0
     problems: list[str] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)   # id -> its first problem
+    torn: dict[str, int] = field(default_factory=dict)      # manifest -> malformed lines
+    missing_manifests: list[str] = field(default_factory=list)
+    general: list[str] = field(default_factory=list)        # problems of no record or manifest
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, where: str, what: str) -> None:
+    def add(self, where: str, what: str, id_: str | None = None) -> None:
+        """A problem of the directory, or with `id_` of that record (`repair_output` withdraws it)."""
         self.problems.append(f"{where}: {what}")
+        if id_ is not None:
+            self.damaged.setdefault(id_, what)
+
+    def add_manifest(self, name: str, what: str, *, torn: int = 0) -> None:
+        """A problem of a manifest as a whole: `torn` malformed lines, or missing (torn=0)."""
+        self.problems.append(f"{name}: {what}")
+        if torn:
+            self.torn[name] = torn
+        else:
+            self.missing_manifests.append(name)
+
+    def add_general(self, where: str, what: str) -> None:
+        """A problem no rerun fixes by itself (stats.json, pair files, the store as a whole)."""
+        self.problems.append(f"{where}: {what}")
+        self.general.append(f"{where}: {what}")
 
     def render(self, limit: int = 50) -> str:
         head = f"checked {self.checked} records: "
@@ -41,15 +62,23 @@ class Report:
         return head + f"{len(self.problems)} problem(s)\n{shown}{tail}"
 
 
-def verify_output(out_dir: str | Path) -> Report:
+class RunInProgress(Exception):
+    """A run is writing to the directory: its files are not yet what the trainer will read."""
+
+
+def verify_output(out_dir: str | Path, *, locked: bool = False) -> Report:
+    """Check `out_dir`; `locked`: the caller holds its writer lock (a repair)."""
     out_dir = Path(out_dir)
+    if not locked and run_in_progress(out_dir):
+        raise RunInProgress(f"{out_dir}: a run is writing to this directory now; "
+                            "check it once that run has finished")
     report = Report()
     stats = {}
     if (out_dir / STATS).is_file():
         try:
             stats = json.loads((out_dir / STATS).read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
-            report.add(STATS, f"not valid JSON: {e}")
+            report.add_general(STATS, f"not valid JSON: {e}")
     options = stats.get("provenance", {}).get("options", {})
     max_text = options.get("max_text_len", MAX_TEXT_LEN)
     max_code = options.get("max_code_len", MAX_CODE_LEN)
@@ -60,7 +89,7 @@ def verify_output(out_dir: str | Path) -> Report:
     try:
         rows = detect_format(out_dir).rows(out_dir)
     except Exception as e:
-        report.add(str(out_dir), f"cannot open the feature store: {e}")
+        report.add_general(str(out_dir), f"cannot open the feature store: {e}")
         return report
     try:
         _check_manifests(out_dir, rows, report, val_ratio, max_text, max_code, vocab, cond_shape)
@@ -69,7 +98,7 @@ def verify_output(out_dir: str | Path) -> Report:
     for name in PAIR_FILES.values():
         if _holds_records(out_dir / name):
             for problem in check_pairs_for_trainer(out_dir / name, vocab_size=vocab):
-                report.add(name, problem)
+                report.add_general(name, problem)
     return report
 
 
@@ -89,36 +118,36 @@ def _check_manifests(out_dir: Path, rows, report: Report, val_ratio, max_text, m
     for split, name in MANIFESTS.items():
         path = out_dir / name
         if not path.exists():
-            report.add(name, "missing")
+            report.add_manifest(name, "missing")
             continue
         found_any = True
         lines, torn = read_output_manifest(path)
         if torn:
-            report.add(name, f"{torn} malformed line(s)")
+            report.add_manifest(name, f"{torn} malformed line(s)", torn=torn)
         for n, line in enumerate(lines, start=1):
-            where = f"{name}:{n} ({line.get('id')})"
+            id_ = line["id"]
+            where = f"{name}:{n} ({id_})"
             report.checked += 1
             missing = [k for k in REQUIRED_KEYS if k not in line]
             if missing:
-                report.add(where, f"missing key(s) {', '.join(missing)}")
+                report.add(where, f"missing key(s) {', '.join(missing)}", id_)
                 continue
-            id_ = line["id"]
             if id_ in seen:
                 both = "in both train and val" if seen[id_] != split else "twice"
-                report.add(where, f"id appears {both}")
+                report.add(where, f"id appears {both}", id_)
             seen[id_] = split
             if val_ratio is not None and is_val(id_, val_ratio) != (split == "val"):
-                report.add(where, f"in {split} but the split rule (val ratio {val_ratio}) says otherwise")
+                report.add(where, f"in {split} but the split rule (val ratio {val_ratio}) says otherwise", id_)
             try:
                 arrays = dict(zip(("text_ids", "codes", "condition", "emo_vec"),
                                   rows.load(rows.locate(line))))
             except Exception as e:
-                report.add(where, str(e))
+                report.add(where, str(e), id_)
                 continue
             for problem in _check_arrays(line, arrays, max_text, max_code, vocab, cond_shape):
-                report.add(where, problem)
+                report.add(where, problem, id_)
     if not found_any:
-        report.add(str(out_dir), "no train or val manifest: is this an output directory?")
+        report.add_general(str(out_dir), "no train or val manifest: is this an output directory?")
 
 
 def _check_arrays(line, arrays, max_text, max_code, vocab, cond_shape) -> list[str]:

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchlib import (MIB, HostLoad, TreeRss, checkpoint_parameters, draw_durations, ensure_models,
-                      generate_corpus, model_paths, model_sizes, peak_rss_mib)
+from benchlib import (MIB, HostLoad, TreeRss, checkpoint_parameters, commit_gaps, draw_durations,
+                      ensure_models, generate_corpus, model_paths, model_sizes, peak_rss_mib)
 
 from preprocess.batching import BatchPlanner, Budget, automatic_budget, cpu_ceiling
 from preprocess.device import PRECISIONS, resolve_device
@@ -65,13 +65,15 @@ def run_end_to_end(opts: JobOptions) -> tuple[dict, ModelBundle | None, list]:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     timings: list = []
+    commits: list[float] = []   # when each batch was committed (durable)
     sampler = TreeRss()
     sampler.start()
     try:
         t_start = time.perf_counter()
         provenance = describe_inputs(opts.models, opts.tokenizer)
         t_hashed = time.perf_counter()
-        summary = run_job(opts, bundle=load, provenance=provenance, on_batch=timings.append)
+        summary = run_job(opts, bundle=load, provenance=provenance, on_batch=timings.append,
+                          on_progress=lambda n, s: commits.append(time.perf_counter()))
         t_end = time.perf_counter()
     finally:
         tree_peak = sampler.stop()
@@ -95,6 +97,7 @@ def run_end_to_end(opts: JobOptions) -> tuple[dict, ModelBundle | None, list]:
         "batch_wait_seconds": [round(t.wait_seconds, 3) for t in timings],
         "warmup_seconds": round(first_end - t_start, 3), "window_seconds": round(window, 3),
         "tail_seconds": round(t_end - last_end, 3),
+        "commit_interval": commit_gaps(commits, t_start),
         "model_seconds": round(sum(t.model_seconds for t in timings), 3),
         "device_seconds": round(summary.device_seconds, 3),
         "device_busy_fraction": steady_seconds / window if window > 0 else None,

@@ -30,6 +30,15 @@ RATES = (16000, 22050, 24000, 44100, 48000)
 MIB = 1 << 20
 
 
+def commit_gaps(commits: list[float], t_start: float) -> dict:
+    """Seconds from the start to the first commit and between commits: what a kill can cost."""
+    if not commits:
+        return {"commits": 0, "first_seconds": None, "median_seconds": None, "max_seconds": None}
+    gaps = np.diff(commits) if len(commits) > 1 else np.array([0.0])
+    return {"commits": len(commits), "first_seconds": round(commits[0] - t_start, 3),
+            "median_seconds": round(float(np.median(gaps)), 3), "max_seconds": round(float(gaps.max()), 3)}
+
+
 # -- machine and load -----------------------------------------------------------------------
 
 def machine_info() -> dict:

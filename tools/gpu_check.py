@@ -58,8 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tools"))
 
-# The job layer (being split into preprocess/job.py and preprocess/executors/): every import
-# from it is on these two lines.
+from benchlib import commit_gaps  # noqa: E402
+
 from preprocess.device import is_oom  # noqa: E402
 from preprocess.executors.devices import OnePerDevice  # noqa: E402
 from preprocess.executors.inprocess import run_job  # noqa: E402
@@ -295,14 +295,17 @@ def end_to_end(opts: JobOptions, timed: TimedBundle, provenance: dict, device: t
     summary: RunSummary | None = None
     t0 = time.perf_counter()
     first: list[float] = []   # when the device stage took the job's first real batch
+    commits: list[float] = []  # when each batch was durable: what a kill costs
     try:
         summary = run_job(opts, bundle=timed, provenance=provenance,
-                          on_batch=lambda timing: first or first.append(timing.start))
+                          on_batch=lambda timing: first or first.append(timing.start),
+                          on_progress=lambda n, s: commits.append(time.perf_counter()))
     except KeyboardInterrupt:
         pass
     timed.drop_before(first[0] if first else math.inf)
     t1 = time.perf_counter()
-    out = {"completed": summary is not None, "wall_seconds": round(t1 - t0, 3), **timeline(timed.calls, t0, t1)}
+    out = {"completed": summary is not None, "wall_seconds": round(t1 - t0, 3), **timeline(timed.calls, t0, t1),
+           "commit_interval": commit_gaps(commits, t0)}
     if summary is not None:
         out.update(utterances=summary.processed, rejected=summary.rejected,
                    audio_seconds=round(summary.audio_seconds, 3),
@@ -687,6 +690,9 @@ def table(report: dict) -> str:
              f"cost {_fmt(e2e('budget_cost'), 0)}; mean {_fmt(e2e('padded_frames_per_batch', 'mean'))} "
              f"max {_fmt(e2e('padded_frames_per_batch', 'max'))}; padding {_fmt(e2e('padding_efficiency'), 3)}; "
              f"peak {_fmt(e2e('peak_device_memory_mib'))}"),
+            (f"{precision} commits: first after s, median/max gap s",
+             f"{_fmt(e2e('commit_interval', 'first_seconds'))}; {_fmt(e2e('commit_interval', 'median_seconds'))}"
+             f" / {_fmt(e2e('commit_interval', 'max_seconds'))} over {_fmt(e2e('commit_interval', 'commits'))}"),
         ]
     fp32_alone = lambda key: get("invariance", "fp32_batched_vs_alone", key)  # noqa: E731
     bf16 = lambda key: get("invariance", "bf16_vs_fp32", key)  # noqa: E731

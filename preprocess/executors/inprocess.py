@@ -92,8 +92,8 @@ class InProcess:
         device = resolve_device(opts.device)
         threads = self.threads or choose_threads(device.type, opts.workers)
         previous_threads = torch.get_num_threads()
-        previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
-        interrupted = False
+        previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        interrupted = None
         cpu = stage = writer = bar = None
         try:
             # The workers start (and prepare the first items) while the models load.
@@ -139,16 +139,19 @@ class InProcess:
                                               sum(p.frames for p in prepared),
                                               sum(p.audio_seconds for p in prepared), wait, seconds,
                                               batch.candidate, started, time.perf_counter()))
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as e:
+            interrupted = e
         finally:
-            signal.signal(signal.SIGTERM, previous_term)
             torch.set_num_threads(previous_threads)
-            if cpu is not None:
-                cpu.close()
-            if writer is not None:
-                writer.finish()  # everything computed is committed; nothing half-done is marked
-                bar.close()
+            try:
+                if cpu is not None:
+                    cpu.close()
+                if writer is not None:
+                    writer.finish()  # everything computed is committed; nothing half-done is marked
+                    bar.close()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
         if stage is not None:
             chosen = planner.chosen_budget()
             summary.batch_budget = None if chosen is None else {
@@ -157,8 +160,8 @@ class InProcess:
             summary.stage_seconds.update(device=stage.busy_seconds, write=writer.seconds)
             if stage.padded_frames:
                 summary.padding_efficiency = stage.valid_frames / stage.padded_frames
-        if interrupted:
-            raise KeyboardInterrupt
+        if interrupted is not None:
+            raise interrupted
 
     def _planner(self, opts, plan, output, bundle, device) -> tuple[Budget, BatchPlanner]:
         """The device stage's budget (its memory ceiling, or a fixed count) and the planner that
@@ -230,8 +233,24 @@ def _read_json(path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a run; the process exits with 128 + `signum`."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _interrupt(signum, frame):
+    # The first signal stops the loop; what was computed is committed on the way out. A second
+    # one ends the process at once, which the commit order makes as harmless as a kill.
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _exit_now)
+    raise Interrupted(signum)
+
+
+def _exit_now(signum, frame):
+    os._exit(128 + signum)
 
 
 def run_job(opts, bundle=None, provenance: dict | None = None,

@@ -7,6 +7,7 @@ On open, anything not marked done is dropped from the manifests and recomputed.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -17,6 +18,7 @@ from typing import Iterable
 from ..contract import (BASE_KEYS, BATCH_BUDGET, CONDITION_LEN, MANIFESTS, PAIR_FILES, PATH_KEYS,
                         PROGRESS_FILE, REJECTS, SHARDS, STATS)
 from ..manifest import Reject, read_output_manifest
+from .faults import fault_point
 from .features import UtteranceFeatures
 from .formats import OWNED as STORE_ENTRIES
 from .fsutil import append_durable, write_atomic
@@ -27,20 +29,6 @@ LOCK = ".lock"
 OWNED = (*MANIFESTS.values(), REJECTS, STATS, PROGRESS_FILE, *STORE_ENTRIES,
          *PAIR_FILES.values(), "report.json", SHARDS, BATCH_BUDGET,
          ".text_ids_progress.txt", ".text_ids_commit.json", ".text_ids_staging")
-
-
-_fault_counts: dict[str, int] = {}
-
-
-def fault_point(name: str) -> None:
-    """Die here, as a SIGKILL would, when PREPROCESS_FAULT=<name>:<n> and this is the n-th time.
-    Lets tests interrupt a commit between its durable steps deterministically."""
-    spec = os.environ.get("PREPROCESS_FAULT")
-    if not spec or spec.partition(":")[0] != name:
-        return
-    _fault_counts[name] = _fault_counts.get(name, 0) + 1
-    if _fault_counts[name] == int(spec.partition(":")[2] or 1):
-        os._exit(137)
 
 
 def manifest_line(base: dict, text_len: int, code_len: int, location: dict, extras: dict) -> dict:
@@ -75,11 +63,7 @@ class OutputDir:
         writes features and tells, on resume, whether a manifest line's data is still there."""
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / LOCK, "a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutputExists(f"{self.path}: another run is writing to this directory") from None
+        self._lock = lock_output(self.path)
         if force:
             wipe(self.path)
         elif Journal.read_fingerprint(self.path) is None and any(
@@ -95,6 +79,7 @@ class OutputDir:
                                  "or pass --force to start over") from None
         self.store = store() if callable(store) else store
         self._held: list[tuple[str, dict]] = []
+        self._failed = False  # a write failed (a full disk): write nothing more, not even on close
         self.rejected_lines: set[int] = set()
         self._recover(self.store.record_present)
 
@@ -135,6 +120,10 @@ class OutputDir:
         """entries: (split, base fields, text_len, code_len, extras, features) per utterance.
         A store may buffer rows (the packed one does, to write each shard once): lines wait
         here until the store says their data is durable."""
+        with self._writing():
+            self._commit(entries, rejects)
+
+    def _commit(self, entries, rejects) -> None:
         locations = self.store.write([e[5] for e in entries])
         fault_point("after_store")
         for (split, base, text_len, code_len, extras, _), loc in zip(entries, locations):
@@ -148,9 +137,10 @@ class OutputDir:
 
     def flush(self) -> None:
         """Make buffered rows durable and mark their records done."""
-        self.store.flush()
-        self.adopt(self._held)
-        self._held = []
+        with self._writing():
+            self.store.flush()
+            self.adopt(self._held)
+            self._held = []
 
     def adopt(self, lines: list[tuple[str, dict]]) -> None:
         """Take (split, manifest line) pairs whose data is durable in this directory's store
@@ -158,17 +148,31 @@ class OutputDir:
         lines = [(s, line) for s, line in lines if line["id"] not in self.journal.done]
         if not lines:
             return
-        for split in MANIFESTS:
-            text = "".join(dumps_line(line) for s, line in lines if s == split)
-            append_durable(self.path / MANIFESTS[split], text.encode("utf-8"))
-            fault_point("after_manifest")
-        self.journal.mark_done([line["id"] for _, line in lines])
-        fault_point("after_journal")
+        with self._writing():
+            for split in MANIFESTS:
+                text = "".join(dumps_line(line) for s, line in lines if s == split)
+                append_durable(self.path / MANIFESTS[split], text.encode("utf-8"))
+                fault_point("after_manifest")
+            self.journal.mark_done([line["id"] for _, line in lines])
+            fault_point("after_journal")
 
     def add_rejects(self, rejects: Iterable[Reject]) -> None:
         new = [r for r in rejects if r.line not in self.rejected_lines]
-        append_durable(self.path / REJECTS, "".join(dumps_line(r.to_json()) for r in new).encode())
+        with self._writing():
+            append_durable(self.path / REJECTS, "".join(dumps_line(r.to_json()) for r in new).encode())
         self.rejected_lines.update(r.line for r in new)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """After a failed write, a retry would append after a torn line or mark a record done
+        twice; the directory stays as the failure left it, which the next open repairs."""
+        if self._failed:
+            raise OutputExists(f"{self.path}: an earlier write failed; rerun to resume")
+        try:
+            yield
+        except BaseException:
+            self._failed = True
+            raise
 
     def finalize(self, order: dict[str, int] | None = None) -> None:
         """Rewrite manifests and rejects in source-line order: the bytes no longer depend on
@@ -185,12 +189,44 @@ class OutputDir:
         write_atomic(self.path / REJECTS, "".join(map(dumps_line, rejects)).encode("utf-8"))
 
     def close(self) -> None:
-        """Flushes what the store buffered (an interrupted run keeps its finished work)."""
+        """Flushes what the store buffered (an interrupted run keeps its finished work), unless
+        a write failed."""
         try:
-            self.flush()
+            if not self._failed:
+                self.flush()
         finally:
-            self.store.close()
-            self._lock.close()
+            try:
+                if not self._failed:  # a writer's close flushes its buffer
+                    self.store.close()
+            finally:
+                self._lock.close()
+
+
+def lock_output(path: Path):
+    """Take `path`'s writer lock (held while the returned file is open), or raise OutputExists."""
+    lock = open(path / LOCK, "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise OutputExists(f"{path}: a run is writing to this directory now "
+                           f"(it holds {path / LOCK}); wait for it to finish") from None
+    return lock
+
+
+def run_in_progress(path: str | os.PathLike) -> bool:
+    """Whether a run holds `path`'s writer lock now (asked without taking it for long)."""
+    try:
+        lock = open(Path(path) / LOCK, "rb")
+    except OSError:
+        return False
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        return False
 
 
 def wipe(path: Path) -> None:

@@ -18,6 +18,7 @@ A StoreFormat has:
     rows(out)                         reading: locate(line), load(location), load_many, all_of
     adopt(writer, shard, lines)       make a finished shard's data durable in the writer's
                                       directory; returns the lines pointing to it there
+    bytes_needed(n, seconds, latent_dtype)  about the space n more utterances take
     text_ids(out, writer, staging)    a TextIdsStaging (below)
 
 A writer (OutputDir's `store`): write(items) -> locations, is_durable(line), record_present(line),

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import io
 import os
+import shutil
 
 import numpy as np
+
+from .faults import write_or_fill
 
 _libc = None
 
@@ -46,11 +50,17 @@ def write_atomic(path: str | os.PathLike, data: bytes, fsync: bool = True) -> No
     """Write to `<path>.tmp`, then rename into place: readers never see a partial file."""
     path = os.fspath(path)
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            write_or_fill(f, data, path)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException:
+        # A half-written temporary file would only hold space a full disk needs back.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, path)
     if fsync:
         fsync_dir(os.path.dirname(path) or ".")
@@ -61,6 +71,28 @@ def append_durable(path: str | os.PathLike, data: bytes) -> None:
     if not data:
         return
     with open(path, "ab") as f:
-        f.write(data)
+        write_or_fill(f, data, path)
         f.flush()
         os.fsync(f.fileno())
+
+
+class DiskFull(Exception):
+    """The file system holding an output ran out of space (or of quota)."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000

@@ -60,8 +60,12 @@ class Journal:
                 f"{path.parent} holds outputs made with other settings "
                 f"(fingerprint {found[:12]}, now {fingerprint[:12]})")
         # The last element is '' after a final newline, or a torn id: both are dropped.
-        done = {line for line in lines[1:-1] if line}
-        return cls(path, fingerprint, done)
+        ids = [line for line in lines[1:-1] if line]
+        journal = cls(path, fingerprint, set(ids))
+        if lines[-1]:
+            # A torn id stays out of the file too: the next append would run on from it.
+            journal.rewrite(ids)
+        return journal
 
     @staticmethod
     def read_fingerprint(out_dir: str | os.PathLike) -> str | None:
@@ -71,6 +75,11 @@ class Journal:
         with open(path, encoding="utf-8", errors="replace") as f:
             first = f.readline()
         return first[len(_HEADER):].strip() if first.startswith(_HEADER) else None
+
+    def ids_in_order(self) -> list[str]:
+        """The ids marked done, in the order they were marked."""
+        lines = self.path.read_bytes().decode("utf-8", errors="replace").split("\n")
+        return [line for line in lines[1:-1] if line]
 
     def mark_done(self, ids: list[str]) -> None:
         append_durable(self.path, "".join(f"{i}\n" for i in ids).encode("utf-8"))

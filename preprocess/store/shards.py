@@ -16,7 +16,7 @@ from ..contract import MANIFESTS, REJECTS, SHARDS, STATS
 from ..manifest import Reject, read_output_manifest
 from .dataset import OutputDir, OutputExists
 from .formats import detect_format, format_named
-from .fsutil import append_durable, syncfs
+from .fsutil import append_durable, free_bytes, human_bytes, syncfs
 from .journal import ConfigMismatch, Journal
 from .stats import write_stats
 
@@ -135,3 +135,14 @@ def _finished_stats(d: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return stats if isinstance(stats, dict) and isinstance(stats.get("provenance"), dict) else {}
+
+
+def merge_disk_full_message(out: Path) -> str:
+    """What `preprocess merge` says when OUT's file system fills: the shards stay until adopted,
+    so freeing about the size of what they still hold and rerunning finishes the merge."""
+    held = sum(f.stat().st_size for shard in shard_dirs(out) for f in shard.rglob("*") if f.is_file())
+    free = free_bytes(out)
+    return (f"{out}: the disk is full" + (f" ({human_bytes(free)} free)" if free is not None else "")
+            + f" while adopting the shards in {out / SHARDS}; they hold {human_bytes(held)}, "
+            "about what the merge needs (less where it can hard-link). Nothing is lost: the shards "
+            f"stay until adopted. Free space, then rerun `preprocess merge {out}`")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ...contract import MANIFESTS
+from ...contract import CODES_PER_SECOND, CONDITION_LEN, MANIFESTS, MODEL_DIM
 from .layout import FEATURE_DIRS
+
+
+def _blocks(n: int, block: int = 4096) -> int:
+    return -(-n // block) * block
 
 
 class NpyFormat:
@@ -28,6 +32,15 @@ class NpyFormat:
         from .writer import NpyWriter
 
         return NpyWriter(out)
+
+    def bytes_needed(self, utterances: int, audio_seconds: float, latent_dtype: str = "float32") -> int:
+        """About what `utterances` more take here: four float32/int32 files each (codes at 50
+        per second, ~15 text ids per second), each rounded up to whole 4 KiB blocks, and a
+        manifest line."""
+        files = (CONDITION_LEN * MODEL_DIM * 4, MODEL_DIM * 4)
+        per_utt = sum(_blocks(n + 128) for n in files) + 2 * 4096 + 600
+        per_second = 4 * (CODES_PER_SECOND + 15)
+        return int(utterances * per_utt + audio_seconds * per_second)
 
     def rows(self, out: Path):
         from .reader import NpyRows

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from zarr.storage import LocalStore
 
+from ..faults import write_or_fill
 from ..fsutil import fsync_dir
 
 PARTIAL = ".partial"  # suffix of a file being written; open removes strays
@@ -31,7 +32,7 @@ class DurableLocalStore(LocalStore):
         try:
             with open(tmp, "wb") as f:
                 for part in parts:
-                    f.write(part)
+                    write_or_fill(f, part, path)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ...contract import CODES_PER_SECOND, CONDITION_LEN, MODEL_DIM
 from .layout import STORE_DIR, holds_store
 
 
@@ -28,6 +29,14 @@ class ZarrFormat:
         attrs = read_attributes(out) or {}
         return ZarrWriter(out, attrs.get("latent_dtype", "float32"),
                           condition_len=attrs.get("condition_len", 32), dim=attrs.get("dim", 1280))
+
+    def bytes_needed(self, utterances: int, audio_seconds: float, latent_dtype: str = "float32") -> int:
+        """At most what `utterances` more take here: the latents uncompressed in
+        `latent_dtype`, int32 codes (50 per second) and text ids (~15 per second), a manifest
+        line each."""
+        latent = 2 if latent_dtype == "float16" else 4
+        per_utt = (CONDITION_LEN + 1) * MODEL_DIM * latent + 600
+        return int(utterances * per_utt + audio_seconds * 4 * (CODES_PER_SECOND + 15))
 
     def rows(self, out: Path):
         from .reader import ZarrRows
