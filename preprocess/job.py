@@ -20,6 +20,7 @@ from . import __version__
 from .options import JobOptions, output_options
 from .phase import Phase
 from .plan import Plan, make_plan
+from .sources import describe
 from .store.journal import ConfigMismatch, fingerprint_of
 from .store.dataset import OutputDir
 from .store.stats import write_stats
@@ -102,7 +103,7 @@ class Job:
             print(f"checked model and tokenizer files ({self.hash_seconds:.1f} s)", file=sys.stderr)
         try:
             executor.before_plan(self, output)
-            with Phase(summary, "plan", f"planned {opts.manifest}", opts.progress):
+            with Phase(summary, "plan", f"planned {describe(opts.manifest)}", opts.progress):
                 plan = make_plan(opts, output.done, output.rejected_lines)
             summary.skipped_done = plan.skipped_done
             output.add_rejects(plan.rejects)
