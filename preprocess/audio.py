@@ -27,13 +27,17 @@ Facts checked in torchaudio/functional/functional.py (`_get_sinc_resample_kernel
 from __future__ import annotations
 
 import functools
+import io
 import math
 import os
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+
+from .manifest import AudioRef
 
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99
@@ -46,21 +50,150 @@ class AudioError(Exception):
     """A file that cannot become a waveform. The message names the file and the cause."""
 
 
-def decode(path) -> tuple[np.ndarray, int]:
-    """Decode `path` (wav/flac/ogg/mp3, whatever libsndfile reads) -> (float32 [N, C], native rate)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise AudioError(f"{path}: file not found")
-    if not os.path.isfile(path):
-        raise AudioError(f"{path}: not a regular file")
+# A segment may end this much past its recording's end (a duration rounded up when it was
+# written, as Lhotse tolerates); it is then cut at the end. Further is an error.
+SEGMENT_END_TOLERANCE = 0.025  # seconds
+# Formats whose decoder seeks to an exact sample; others (MPEG, Ogg) are decoded from the start
+# and cut, so a segment's samples are those of the whole decode, wherever it starts.
+_EXACT_SEEK = {"WAV", "WAVEX", "FLAC", "AIFF", "CAF", "W64", "RF64", "AU", "RAW"}
+_DECODE_ERRORS = (RuntimeError, OSError, ValueError, TypeError)  # LibsndfileError is a RuntimeError
+
+
+class ByteRange(io.RawIOBase):
+    """A read-only, seekable view of bytes [offset, offset + size) of an open binary file, so
+    libsndfile reads a tar member in place (only what it asks for: a header probe reads little)."""
+
+    def __init__(self, f, offset: int, size: int):
+        super().__init__()
+        self._f, self._offset, self._size, self._pos = f, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._f.seek(self._offset + self._pos)
+        got = self._f.readinto(memoryview(buffer)[:n])
+        self._pos += got
+        return got
+
+
+def seconds_to_samples(seconds: float, sr: int) -> int:
+    """round(seconds * sr), half up, on the decimal value the float prints as (so 1.0005 s at
+    1 kHz is 1001 samples, not 1000 from the float's binary value)."""
+    return int((Decimal(repr(float(seconds))) * sr).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def segment_bounds(ref: AudioRef, frames: int, sr: int) -> tuple[int, int]:
+    """(first sample, sample count) of the segment `ref` in audio of `frames` samples at `sr`.
+    A start at or past the end, or an end more than SEGMENT_END_TOLERANCE past it, is an
+    AudioError; an end within the tolerance is cut to the end."""
+    where = ref.describe()
+    if ref.start < 0 or not ref.duration or ref.duration <= 0:
+        raise AudioError(f"{where}: segment needs start >= 0 and duration > 0")
+    first, count = seconds_to_samples(ref.start, sr), seconds_to_samples(ref.duration, sr)
+    length = frames / sr
+    if first >= frames:
+        raise AudioError(f"{where}: segment starts at {ref.start:g} s, past the end of its "
+                         f"recording ({length:.3f} s)")
+    if first + count - frames > round(SEGMENT_END_TOLERANCE * sr):
+        raise AudioError(f"{where}: segment ends at {ref.start + ref.duration:g} s, past the end "
+                         f"of its recording ({length:.3f} s)")
+    return first, min(count, frames - first)
+
+
+def _check_channels(ref: AudioRef, channels: int) -> None:
+    bad = [c for c in ref.channels if not 0 <= c < channels]
+    if bad:
+        raise AudioError(f"{ref.describe()}: channel(s) {bad} not in the audio ({channels} channels)")
+
+
+def _row_bytes(ref: AudioRef) -> bytes:
+    from .sources.tables import TableError, row_bytes
+
     try:
-        data, sr = sf.read(path, dtype="float32", always_2d=True)  # [N, C]
-    except (RuntimeError, OSError, ValueError, TypeError) as e:  # LibsndfileError is a RuntimeError
-        raise AudioError(f"{path}: cannot decode audio ({e})") from e
+        return row_bytes(ref.path, ref.row, ref.column)
+    except TableError as e:
+        raise AudioError(f"{ref.describe()}: {e}") from e
+
+
+def _open_ref(ref: AudioRef, whole: bool):
+    """A path or file-like object for libsndfile, and the file to close after. `whole`: the
+    caller reads everything, so a member is read in one call rather than through ByteRange."""
+    if ref.kind == "row":
+        return io.BytesIO(_row_bytes(ref)), None
+    if not os.path.exists(ref.path):
+        raise AudioError(f"{ref.path}: file not found")
+    if not os.path.isfile(ref.path):
+        raise AudioError(f"{ref.path}: not a regular file")
+    if ref.kind == "file":
+        return ref.path, None
+    try:
+        f = open(ref.path, "rb")
+        if whole:
+            f.seek(ref.offset)
+            data = f.read(ref.size)
+            f.close()
+            if len(data) != ref.size:
+                raise AudioError(f"{ref.describe()}: member truncated ({len(data)} of "
+                                 f"{ref.size} bytes in the archive)")
+            return io.BytesIO(data), None
+        return ByteRange(f, ref.offset, ref.size), f
+    except OSError as e:
+        raise AudioError(f"{ref.describe()}: cannot read ({e})") from e
+
+
+def _as_ref(src) -> AudioRef:
+    return src if isinstance(src, AudioRef) else AudioRef(os.fspath(src))
+
+
+def decode(src) -> tuple[np.ndarray, int]:
+    """Decode a path, an `AudioRef` (file, tar member, table row, any of them cut to a segment)
+    or audio bytes (wav/flac/ogg/opus/mp3, whatever libsndfile reads) -> (float32 [N, C],
+    native rate). Bytes decode to the same samples as the same bytes in a file."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        where, source, extra, ref = "<bytes>", io.BytesIO(bytes(src)), None, AudioRef("<bytes>")
+    else:
+        ref = _as_ref(src)
+        where = ref.describe()
+        source, extra = _open_ref(ref, whole=True)
+    try:
+        with sf.SoundFile(source) as f:
+            if ref.is_segment:
+                first, count = segment_bounds(ref, f.frames, f.samplerate)
+                if f.format in _EXACT_SEEK:
+                    f.seek(first)
+                    data = f.read(count, dtype="float32", always_2d=True)
+                else:
+                    data = f.read(dtype="float32", always_2d=True)[first:first + count]
+            else:
+                data = f.read(dtype="float32", always_2d=True)  # [N, C]
+            sr = f.samplerate
+    except _DECODE_ERRORS as e:
+        raise AudioError(f"{where}: cannot decode audio ({e})") from e
+    finally:
+        if extra is not None:
+            extra.close()
+    if ref.channels:
+        _check_channels(ref, data.shape[1])
+        data = data[:, list(ref.channels)]
     if data.shape[0] == 0 or data.shape[1] == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
+        raise AudioError(f"{where}: empty audio (0 samples)")
     if not np.isfinite(data).all():
-        raise AudioError(f"{path}: audio contains NaN or Inf samples")
+        raise AudioError(f"{where}: audio contains NaN or Inf samples")
     return data, int(sr)
 
 
@@ -74,23 +207,32 @@ def mix_to_mono(data: np.ndarray) -> np.ndarray:
     return channels_first.mean(dim=0).numpy()
 
 
-def load_audio(path) -> tuple[np.ndarray, int]:
-    """Decode `path` -> (float32 mono [N], native rate): `decode` then `mix_to_mono`."""
-    data, sr = decode(path)
+def load_audio(src) -> tuple[np.ndarray, int]:
+    """Decode `src` (as `decode` takes it) -> (float32 mono [N], native rate): `decode` then
+    `mix_to_mono`."""
+    data, sr = decode(src)
     return mix_to_mono(data), sr
 
 
-def probe_duration(path) -> float:
-    """Duration in seconds from the file header only (no decode)."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise AudioError(f"{path}: file not found")
+def probe_duration(src) -> float:
+    """Duration in seconds from the header only (no decode) of a path or an `AudioRef`; a
+    segment's own length, checked against the header (`segment_bounds`). A tar member's header
+    is read in place; a table row's bytes are fetched, then only their header is parsed."""
+    ref = _as_ref(src)
+    source, extra = _open_ref(ref, whole=False)
     try:
-        info = sf.info(path)
-    except (RuntimeError, OSError, ValueError, TypeError) as e:
-        raise AudioError(f"{path}: cannot read audio header ({e})") from e
+        info = sf.info(source)
+    except _DECODE_ERRORS as e:
+        raise AudioError(f"{ref.describe()}: cannot read audio header ({e})") from e
+    finally:
+        if extra is not None:
+            extra.close()
     if info.samplerate <= 0:
-        raise AudioError(f"{path}: header has no valid sample rate")
+        raise AudioError(f"{ref.describe()}: header has no valid sample rate")
+    if ref.channels:
+        _check_channels(ref, info.channels)
+    if ref.is_segment:
+        return segment_bounds(ref, info.frames, info.samplerate)[1] / info.samplerate
     return info.frames / info.samplerate
 
 

@@ -38,7 +38,17 @@ def _model_options(f):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--manifest", type=PATH, help="Corpus manifest: JSONL or CSV with id, text, audio[, speaker, language, duration].")
+@click.option("--manifest", type=PATH, multiple=True,
+              help="The corpus: a JSONL (or .jsonl.gz) or CSV manifest with id, text, audio[, speaker, "
+                   "language, duration]; WebDataset tar shards (a folder or several --manifest); a "
+                   "Hugging Face dataset folder, Parquet or Arrow files; Lhotse cuts, or recordings "
+                   "and supervisions manifests (or their folder).")
+@click.option("--input-format", type=click.Choice(["auto", "jsonl", "csv", "tar", "parquet", "lhotse"]),
+              default="auto", show_default=True, help="What --manifest is; auto: from its names and contents.")
+@click.option("--field", "fields", multiple=True, metavar="NAME=KEY",
+              help="Read our field NAME (id, text, audio, speaker, language, duration) from the "
+                   "source's KEY (a column, JSON key, 'custom.x' nested key; for tar shards audio=EXTENSION); "
+                   "repeatable.")
 @click.option("--output-dir", type=PATH, help="Where the feature store, manifests and stats go.")
 @click.option("--dataset", "datasets", multiple=True, metavar="LANG=MANIFEST[=OUT]",
               help="Several datasets in one run (models load once); repeatable. Uses --output-root.")
@@ -75,8 +85,8 @@ def _model_options(f):
 @click.option("--strict", is_flag=True, help="Exit non-zero if any record was rejected.")
 @click.option("--force", is_flag=True, help="Replace outputs made with other settings instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def preprocess_data(manifest, output_dir, datasets, output_root, config, tokenizer, gpt_checkpoint,
-                    w2v_stats, w2v_bert, semantic_codec, language, job_config, layer, val_ratio,
+def preprocess_data(manifest, input_format, fields, output_dir, datasets, output_root, config,
+                    tokenizer, gpt_checkpoint, w2v_stats, w2v_bert, semantic_codec, language, job_config, layer, val_ratio,
                     batch_size, workers,
                     device, devices, precision, max_samples, min_duration, max_duration,
                     max_text_len, max_code_len, resample, fmt, latent_dtype, trust_checkpoint, strict,
@@ -96,6 +106,11 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
         fail("--manifest and --output-dir are required (or one --dataset LANG=MANIFEST[=OUT] per dataset)")
     if not tokenizer.is_file():
         fail(f"tokenizer {tokenizer} not found (pass the SentencePiece bpe.model with --tokenizer)")
+    from .sources import parse_fields
+    try:
+        field_map = parse_fields(fields)
+    except ValueError as e:
+        fail(str(e))
     try:
         defaults = JobDefaults.load(job_config)
     except ValueError as e:
@@ -122,19 +137,21 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
                     d.max_code_len if max_code_len is None else max_code_len)
     try:
         specs = [parse_dataset(d, output_root) for d in datasets] if datasets else \
-            [DatasetSpec(language, manifest, output_dir)]
+            [DatasetSpec(language, manifest[0] if len(manifest) == 1 else tuple(manifest), output_dir)]
     except ValueError as e:
         fail(str(e))
     for spec in specs:
-        if not spec.manifest.is_file():
-            fail(f"manifest {spec.manifest} not found")
+        for path in (spec.manifest if isinstance(spec.manifest, tuple) else (spec.manifest,)):
+            if not path.exists():
+                fail(f"manifest {path} not found")
     base = JobOptions(
         manifest=specs[0].manifest, output_dir=specs[0].output_dir, models=models, tokenizer=tokenizer,
         language=language, val_ratio=defaults.val_ratio if val_ratio is None else val_ratio,
         batch_size=batch_size, workers=workers, device=device, precision=precision,
         max_samples=max_samples, limits=limits, resample=resample, format=fmt,
         latent_dtype=latent_dtype, layer=defaults.layer if layer is None else layer, force=force,
-        progress=not quiet, trust_checkpoint=trust_checkpoint)
+        progress=not quiet, trust_checkpoint=trust_checkpoint, input_format=input_format,
+        fields=tuple(field_map.items()))
     code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo)
     sys.exit(code)
 

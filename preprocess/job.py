@@ -20,6 +20,7 @@ from . import __version__
 from .options import JobOptions, output_options
 from .phase import Phase
 from .plan import Plan, make_plan
+from .sources import describe
 from .store.journal import ConfigMismatch, fingerprint_of
 from .store.dataset import OutputDir
 from .store.fsutil import DiskFull, free_bytes, human_bytes, is_disk_full
@@ -110,7 +111,7 @@ class Job:
         try:
             try:
                 executor.before_plan(self, output)
-                with Phase(summary, "plan", f"planned {opts.manifest}", opts.progress):
+                with Phase(summary, "plan", f"planned {describe(opts.manifest)}", opts.progress):
                     plan = make_plan(opts, output.done, output.rejected_lines)
                 summary.skipped_done = plan.skipped_done
                 output.add_rejects(plan.rejects)

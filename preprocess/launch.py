@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from .manifest import ManifestError
 from .options import JobOptions
 from .store.dataset import ConfigMismatch, OutputExists
 
@@ -18,7 +19,7 @@ from .store.dataset import ConfigMismatch, OutputExists
 @dataclass
 class DatasetSpec:
     language: str | None
-    manifest: Path
+    manifest: Path | tuple[Path, ...]
     output_dir: Path
 
 
@@ -76,7 +77,7 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
                 provenance = describe_inputs(opts.models, opts.tokenizer)
             executor = OnePerDevice(devices) if devices else InProcess(models)
             summary = Job(opts, provenance).run(executor)
-        except (ConfigMismatch, OutputExists) as e:
+        except (ConfigMismatch, OutputExists, ManifestError) as e:
             echo(f"error: {e}", err=True)
             return 2
         except UntrustedCheckpoint as e:

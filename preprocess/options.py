@@ -66,7 +66,7 @@ class JobDefaults:
 
 @dataclass
 class JobOptions:
-    manifest: Path
+    manifest: Path | tuple[Path, ...]  # a source: one path, or several (tar shards, tables, ...)
     output_dir: Path
     models: ModelPaths
     tokenizer: Path
@@ -87,6 +87,10 @@ class JobOptions:
     progress: bool = True
     trust_checkpoint: bool = False  # gpt.pth through the full unpickler (it can run code in the file)
     only_ids: frozenset[str] | None = None  # this process's share of the ids (one GPU of several)
+    # How the source is read (sources.read_source); not in the fingerprint, which covers how
+    # records become features, not which corpus they come from.
+    input_format: str = "auto"
+    fields: tuple[tuple[str, str], ...] = ()  # (our field, the source's key), from --field
 
 
 def output_options(opts: JobOptions) -> dict:

@@ -1,8 +1,8 @@
 """The plan of a job: every record worth processing, longest first, with what is left to do.
 
-    manifest --read_manifest--> records (+ manifest rejects)
-             --probe audio headers--> durations (+ audio and limit rejects)
-             --sort longest first--> Plan
+    source --sources.read_source--> records (+ manifest rejects)
+           --probe audio headers--> durations (+ audio and limit rejects)
+           --sort longest first--> Plan
 
 Batches are cut from the whole plan, done items included, so a resumed run forms each remaining
 batch with the same members (and, on CPU, computes the same bytes) as an uninterrupted run.
@@ -14,15 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .batching import frames_for_seconds
-from .manifest import Record, Reject, missing_audio_reason, read_manifest, resolve_audio
+from .manifest import AudioRef, Record, Reject, missing_audio_reason, resolve_audio
 from .options import JobOptions
+from .sources import read_source, source_root
 
 
 @dataclass
 class WorkItem:
     index: int          # position in the plan
     record: Record
-    audio_path: str
+    audio: AudioRef     # resolved: a file that exists, or the member, row or segment of one
 
 
 @dataclass
@@ -44,12 +45,12 @@ class Plan:
 
 
 def make_plan(opts: JobOptions, done: set[str], rejected_lines: set[int]) -> Plan:
-    """Read the manifest, probe durations from audio headers, sort longest first."""
+    """Read the source, probe durations from audio headers, sort longest first."""
     from .audio import AudioError, probe_duration
 
-    manifest_dir = opts.manifest.resolve().parent
+    manifest_dir = source_root(opts.manifest)
     records, rejects, line_of = [], [], {}
-    for item in read_manifest(opts.manifest):
+    for item in read_source(opts.manifest, opts.input_format, dict(opts.fields)):
         if isinstance(item, Reject):
             # With a share of the ids, the launching process reports manifest-level rejects.
             if opts.only_ids is None and item.line not in rejected_lines:
@@ -61,11 +62,14 @@ def make_plan(opts: JobOptions, done: set[str], rejected_lines: set[int]) -> Pla
         records.append(item)
 
     def probe(rec: Record):
-        path = resolve_audio(rec.audio, manifest_dir)
-        if path is None:
-            return missing_audio_reason(rec.audio, manifest_dir)
+        ref = rec.ref
+        if ref is None:
+            path = resolve_audio(rec.audio, manifest_dir)
+            if path is None:
+                return missing_audio_reason(rec.audio, manifest_dir)
+            ref = AudioRef(str(path))
         try:
-            return str(path), probe_duration(path)
+            return ref, probe_duration(ref)
         except AudioError as e:
             return str(e)
 
@@ -82,10 +86,10 @@ def make_plan(opts: JobOptions, done: set[str], rejected_lines: set[int]) -> Pla
         if reason is None:
             kept.append((rec, *result))
         elif rec.id not in done and rec.line not in rejected_lines:
-            rejects.append(Reject(rec.line, rec.id, stage, reason))
+            rejects.append(rec.reject(stage, reason))
     # Longest first: the largest batches (and any OOM) come at the start, not hours in.
     kept.sort(key=lambda k: (-k[2], k[0].line))
-    items = [WorkItem(i, rec, path) for i, (rec, path, _) in enumerate(kept)]
+    items = [WorkItem(i, rec, ref) for i, (rec, ref, _) in enumerate(kept)]
     seconds = [dur for _, _, dur in kept]
     todo = [rec.id not in done and rec.line not in rejected_lines for rec, _, _ in kept]
     if opts.max_samples is not None:

@@ -85,8 +85,7 @@ def prepare_one(item: WorkItem, language: str | None) -> Prepared | Reject:
     if os.environ.get("PREPROCESS_FAULT") == f"prepare:{rec.id}":
         os._exit(1)  # lets tests kill a worker the way a crashing decoder would
 
-    def reject(stage, reason):
-        return Reject(rec.line, rec.id, stage, reason)
+    reject = rec.reject
 
     try:
         text = clean_text(rec.text)
@@ -98,7 +97,7 @@ def prepare_one(item: WorkItem, language: str | None) -> Prepared | Reject:
         if len(ids) > lim.max_text_len:
             return reject("limits", f"{len(ids)} text ids exceed the limit {lim.max_text_len}")
         try:
-            wave, sr = load_audio(item.audio_path)
+            wave, sr = load_audio(item.audio)
         except AudioError as e:
             return reject("audio", str(e))
         seconds = len(wave) / sr
@@ -182,8 +181,7 @@ class CpuStage:
             return self.pool.submit(prepare_chunk, [item], self.language).result()
         except BrokenProcessPool:
             self._restart()
-            return [Reject(item.record.line, item.record.id, "prepare",
-                           "the worker process died while preparing this record")]
+            return [item.record.reject("prepare", "the worker process died while preparing this record")]
 
     def close(self) -> None:
         if self._blas is None:

@@ -151,3 +151,15 @@ def test_store_mode_rejects_float16_npy(tmp_path):
     with pytest.raises(SystemExit, match="float16"):
         bench.main(["--mode", "store", "--format", "npy", "--latent-dtype", "float16", "--generate", "2",
                     "--out", str(tmp_path)])
+
+
+def test_decode_mode_reads_every_source_kind(capsys):
+    returned = bench.main(["--mode", "decode", "--count", "6", "--min-seconds", "0.5",
+                           "--max-seconds", "1.5", "--per-shard", "4", "--rounds", "1"])
+    assert json.loads(capsys.readouterr().out) == json.loads(json.dumps(returned))
+    sources = returned["sources"]
+    assert set(sources) == {"loose", "tar", "parquet", "arrow", "lhotse"}
+    for got in sources.values():
+        assert got["items"] == 6 and got["rejects"] == 0
+        assert got["audio_seconds"] == sources["loose"]["audio_seconds"] > 3
+        assert got["decode_throughput_vs_loose"] > 0

@@ -10,6 +10,8 @@ Modes, each in a module of its own beside this file:
                the same model code, one run, same corpus (bench_reference.py)
   store        the feature stores alone: write, files, read latency (bench_store.py)
   cpu-stage    the CPU stage per component and per core (bench_cpu_stage.py)
+  decode       reading and decoding from tar shards, Parquet, Arrow and Lhotse manifests against
+               loose files (bench_decode.py)
 
 Generated corpora (`--generate N`): durations drawn uniformly (or log-uniformly) between the
 bounds, synthetic voice (tools/make_sample.py) written as 16-bit WAV at 16/22.05/24/44.1/48 kHz in
@@ -53,7 +55,8 @@ def _store(args):
 
 MODES = {"end-to-end": _job, "model-only": _job, "both": _job, "plan": _job,
          "reference": _reference, "store": _store}
-# cpu-stage has options of its own: `tools/bench.py --mode cpu-stage --help`
+# cpu-stage and decode have options of their own: `tools/bench.py --mode cpu-stage --help`
+OWN_OPTIONS = {"cpu-stage": "bench_cpu_stage", "decode": "bench_decode"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0, help="CPU worker processes, 0: automatic")
     ap.add_argument("--threads", type=int, default=0,
                     help="torch threads of the main process, 0: torch's default")
-    ap.add_argument("--mode", choices=(*MODES, "cpu-stage"), default="both", help="what to measure (see above)")
+    ap.add_argument("--mode", choices=(*MODES, *OWN_OPTIONS), default="both", help="what to measure (see above)")
     ap.add_argument("--budget-cost", type=float, default=None,
                     help="plan mode: batch cost budget (batching.batch_cost units) instead of the CPU one")
     ap.add_argument("--format", choices=("npy", "zarr"), default="npy")
@@ -98,10 +101,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     """Run the benchmark that `argv` asks for; print the report as JSON and return it."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if "cpu-stage" in argv and argv[argv.index("cpu-stage") - 1] == "--mode":
-        import bench_cpu_stage
-        i = argv.index("cpu-stage")
-        return bench_cpu_stage.main(argv[:i - 1] + argv[i + 1:])
+    for mode, module in OWN_OPTIONS.items():
+        if mode in argv and argv[argv.index(mode) - 1] == "--mode":
+            i = argv.index(mode)
+            return __import__(module).main(argv[:i - 1] + argv[i + 1:])
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.threads > 0:

@@ -147,7 +147,7 @@ def prepare_inputs(plan: Plan, batches: list[list[int]], tokenizer: Path, resamp
                 t0 = time.perf_counter()
                 text_tokenizer.encode(clean_text(item.record.text), item.record.language)
                 t1 = time.perf_counter()
-                wave, sr = load_audio(item.audio_path)
+                wave, sr = load_audio(item.audio)
                 t2 = time.perf_counter()
                 wave16 = to_16k(wave, sr, resample)
                 t3 = time.perf_counter()

@@ -126,7 +126,7 @@ class InProcess:
                 for p, result in outputs:
                     rec = plan.items[p.index].record
                     if isinstance(result, str):
-                        rejects.append(Reject(rec.line, rec.id, "device", result))
+                        rejects.append(rec.reject("device", result))
                     else:
                         entries.append(entry(rec, p, result, opts.val_ratio))
                 summary.processed += len(entries)

@@ -61,7 +61,7 @@ def merge_shards(output: OutputDir, *, keep_runs: bool = False) -> int:
             output.adopt(lines)
             adopted += len(lines)
             rejects = read_output_manifest(shard / REJECTS, require_id=False)[0]
-            output.add_rejects(Reject(r["line"], r.get("id"), r["stage"], r["reason"]) for r in rejects)
+            output.add_rejects(Reject.from_json(r) for r in rejects)
         finally:
             sub.close()
         run = _finished_stats(shard).get("last_run")
