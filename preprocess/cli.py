@@ -82,6 +82,9 @@ def _model_options(f):
 @click.option("--trust-checkpoint", is_flag=True,
               help="Load a gpt.pth that pickles more than tensors with the full unpickler, which can "
                    "run code stored in the file. Only for checkpoints you trust.")
+@click.option("--prepared-text", type=PATH,
+              help="Text ids made beforehand by 'preprocess prepare-text' with the same tokenizer "
+                   "and --language: the CPU workers take them instead of normalising (same outputs).")
 @click.option("--strict", is_flag=True, help="Exit non-zero if any record was rejected.")
 @click.option("--force", is_flag=True, help="Replace outputs made with other settings instead of refusing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -89,8 +92,8 @@ def preprocess_data(manifest, input_format, fields, output_dir, datasets, output
                     tokenizer, gpt_checkpoint, w2v_stats, w2v_bert, semantic_codec, language, job_config, layer, val_ratio,
                     batch_size, workers,
                     device, devices, precision, max_samples, min_duration, max_duration,
-                    max_text_len, max_code_len, resample, fmt, latent_dtype, trust_checkpoint, strict,
-                    force, quiet):
+                    max_text_len, max_code_len, resample, fmt, latent_dtype, trust_checkpoint,
+                    prepared_text, strict, force, quiet):
     """Turn a speech corpus manifest into IndexTTS2 GPT training features.
 
     Writes text ids, semantic codes, conditioning latents and emotion vectors per utterance,
@@ -106,6 +109,11 @@ def preprocess_data(manifest, input_format, fields, output_dir, datasets, output
         fail("--manifest and --output-dir are required (or one --dataset LANG=MANIFEST[=OUT] per dataset)")
     if not tokenizer.is_file():
         fail(f"tokenizer {tokenizer} not found (pass the SentencePiece bpe.model with --tokenizer)")
+    if prepared_text is not None:
+        if datasets:
+            fail("--prepared-text goes with one --manifest, not with --dataset")
+        if not prepared_text.is_file():
+            fail(f"prepared text {prepared_text} not found (make it with preprocess prepare-text)")
     from .sources import parse_fields
     try:
         field_map = parse_fields(fields)
@@ -151,7 +159,7 @@ def preprocess_data(manifest, input_format, fields, output_dir, datasets, output
         max_samples=max_samples, limits=limits, resample=resample, format=fmt,
         latent_dtype=latent_dtype, layer=defaults.layer if layer is None else layer, force=force,
         progress=not quiet, trust_checkpoint=trust_checkpoint, input_format=input_format,
-        fields=tuple(field_map.items()))
+        fields=tuple(field_map.items()), prepared_text=prepared_text)
     code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo)
     sys.exit(code)
 
@@ -296,6 +304,52 @@ def text_ids(out, tokenizer, language, workers, force, strict, quiet):
         fail(str(e))
     click.echo(summary.text())
     sys.exit(1 if strict and summary.rejected else 0)
+
+
+@main.command("prepare-text")
+@click.option("--manifest", type=PATH, multiple=True, required=True,
+              help="The corpus, as preprocess-data --manifest takes it.")
+@click.option("--input-format", type=click.Choice(["auto", "jsonl", "csv", "tar", "parquet", "lhotse"]),
+              default="auto", show_default=True, help="What --manifest is; auto: from its names and contents.")
+@click.option("--field", "fields", multiple=True, metavar="NAME=KEY",
+              help="As preprocess-data --field; repeatable.")
+@click.option("--tokenizer", type=PATH, required=True, help="The job's SentencePiece bpe.model.")
+@click.option("--language", help="The job's --language [default: each record's own 'language'].")
+@click.option("--workers", type=int, default=0, show_default=True,
+              help="Worker processes; 0 = one per available core.")
+@click.option("--out", type=PATH, required=True,
+              help="The prepared-text file (JSONL) to write or complete; pass it to preprocess-data "
+                   "--prepared-text.")
+@click.option("--force", is_flag=True, help="Start OUT afresh (needed when it was made with other settings).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prepare_text_command(manifest, input_format, fields, tokenizer, language, workers, out, force, quiet):
+    """Clean, normalise and tokenise the text of every record ahead of preprocess-data.
+
+    The text half of the CPU stage (normalisation is most of its work), for example on CPU-only
+    machines before the GPU job. preprocess-data --prepared-text OUT with the same tokenizer and
+    --language then takes the ids from OUT instead of normalising; its outputs are the same.
+    Rerun the same command after an interruption: it continues. Exit 1 if some records failed.
+    """
+    from .manifest import ManifestError
+    from .sources import parse_fields
+    from .text_cache import PreparedTextError
+    from .text_pass import prepare_text
+
+    if not tokenizer.is_file():
+        fail(f"tokenizer {tokenizer} not found")
+    for path in manifest:
+        if not path.exists():
+            fail(f"manifest {path} not found")
+    try:
+        summary = prepare_text(manifest[0] if len(manifest) == 1 else tuple(manifest), tokenizer,
+                               out, language, workers=workers, input_format=input_format,
+                               fields=parse_fields(fields), force=force, progress=not quiet)
+    except (ValueError, ManifestError, PreparedTextError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail(f"interrupted: what was written to {out} is kept; rerun the same command to continue", 130)
+    click.echo(summary.text())
+    sys.exit(1 if summary.failed else 0)
 
 
 main.add_command(preprocess_data, name="data")

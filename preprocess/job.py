@@ -40,6 +40,10 @@ class RunSummary:
     batch_budget: dict | None = None          # what --batch-size 0 chose (cost, max_items)
     stage_seconds: dict = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
+    # With --prepared-text: records whose text ids came from it ("text_prepared"), and those
+    # made here because it had no line for them ("text_missing") or one for other text or
+    # language ("text_changed"); "text_made" counts every tokenisation done here.
+    text_sources: dict | None = None
 
     def text(self) -> str:
         rate = self.audio_seconds / self.wall_seconds if self.wall_seconds else 0.0
@@ -52,7 +56,16 @@ class RunSummary:
                 f"this run (see rejects.jsonl). The output {self.output_dir} now holds "
                 f"{s.get('train', 0)} train and {s.get('val', 0)} val utterances "
                 f"({sum(s.get('hours', {}).values()):.2f} h), {s.get('rejected', 0)} rejects in all"
-                f"{padding}.")
+                f"{padding}.{self._text_sources()}")
+
+    def _text_sources(self) -> str:
+        if self.text_sources is None:
+            return ""
+        c = self.text_sources
+        made = c.get("text_missing", 0) + c.get("text_changed", 0)
+        return (f" Text ids: {c.get('text_prepared', 0)} taken from the prepared text, {made} "
+                f"made here ({c.get('text_missing', 0)} not in it, {c.get('text_changed', 0)} "
+                f"whose text or language differs from its line there).")
 
 
 class Job:
@@ -95,9 +108,19 @@ class Job:
         found = changes(old, self.provenance)
         return "; what differs: " + "; ".join(found) if found else ""
 
+    def check_prepared_text(self) -> None:
+        """With --prepared-text: its ids were made with this job's tokenizer, text pipeline,
+        normaliser and language option; else PreparedTextError naming what differs."""
+        from .text_cache import check_made_by, made_by
+
+        if self.opts.prepared_text is not None:
+            check_made_by(self.opts.prepared_text,
+                          made_by(self.provenance["files"]["tokenizer"]["sha256"], self.opts.language))
+
     def run(self, executor) -> RunSummary:
         t_start = time.perf_counter()
         opts = self.opts
+        self.check_prepared_text()  # before the output is touched
         try:
             output = self.open_output()
         except OSError as e:

@@ -14,6 +14,7 @@ from pathlib import Path
 from .manifest import ManifestError
 from .options import JobOptions
 from .store.dataset import ConfigMismatch, OutputExists
+from .text_cache import PreparedTextError
 
 
 @dataclass
@@ -77,7 +78,7 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
                 provenance = describe_inputs(opts.models, opts.tokenizer)
             executor = OnePerDevice(devices) if devices else InProcess(models)
             summary = Job(opts, provenance).run(executor)
-        except (ConfigMismatch, OutputExists, ManifestError) as e:
+        except (ConfigMismatch, OutputExists, ManifestError, PreparedTextError) as e:
             echo(f"error: {e}", err=True)
             return 2
         except UntrustedCheckpoint as e:

@@ -91,6 +91,9 @@ class JobOptions:
     # records become features, not which corpus they come from.
     input_format: str = "auto"
     fields: tuple[tuple[str, str], ...] = ()  # (our field, the source's key), from --field
+    # Text ids made beforehand (preprocess prepare-text); not in the fingerprint: the ids taken
+    # from it equal those the job would make, so outputs are the same with or without it.
+    prepared_text: Path | None = None
 
 
 def output_options(opts: JobOptions) -> dict:

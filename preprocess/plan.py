@@ -24,6 +24,7 @@ class WorkItem:
     index: int          # position in the plan
     record: Record
     audio: AudioRef     # resolved: a file that exists, or the member, row or segment of one
+    text_at: int | None = None  # offset of its line in the --prepared-text file, if it has one
 
 
 @dataclass

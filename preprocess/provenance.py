@@ -72,14 +72,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "preprocess"
 
 
-def describe_inputs(models, tokenizer: str | os.PathLike) -> dict:
-    """Provenance of a model set (a ModelPaths) and tokenizer."""
+def hash_files(files: dict[str, Path]) -> dict[str, dict]:
+    """{name: {"path", "sha256", "bytes"}} for each file, digests from the per-user cache."""
     cache_path = cache_dir() / HASH_CACHE
     try:
         cache = json.loads(cache_path.read_text())
     except (OSError, json.JSONDecodeError):
         cache = {}
-    files = {"tokenizer": Path(tokenizer), **models.files()}
     before = len(cache)
     described = {name: {"path": str(p), "sha256": sha256_file(p, cache), "bytes": p.stat().st_size}
                  for name, p in files.items()}
@@ -89,6 +88,12 @@ def describe_inputs(models, tokenizer: str | os.PathLike) -> dict:
             write_atomic(cache_path, json.dumps(cache, indent=1).encode(), fsync=False)
         except OSError:
             pass  # a read-only home costs a rehash next time, nothing else
+    return described
+
+
+def describe_inputs(models, tokenizer: str | os.PathLike) -> dict:
+    """Provenance of a model set (a ModelPaths) and tokenizer."""
+    described = hash_files({"tokenizer": Path(tokenizer), **models.files()})
     import sentencepiece as spm
 
     vocab = spm.SentencePieceProcessor(model_file=str(tokenizer)).get_piece_size()

@@ -19,10 +19,15 @@ Per utterance, on one thread (torch.set_num_threads(1), as in a CPU worker), it 
     text      TextTokenizer.encode(clean_text(text), language), the exact fast path on
     text_reference   the same with the fast path off (WeTextProcessing alone), timed in the
               same loop, alternating which of the two goes first; its ids must equal ours
+    text_prepared    what a CPU worker does instead of `text` with --prepared-text: read the
+              record's line from a prepared-text file (written from the ids above, as
+              `preprocess prepare-text` writes it) and check it was made from the same text
 
 Each component's CPU seconds (time.process_time: every thread of the process) and wall seconds are summed; the report gives
 audio seconds per CPU second for each component and for the stage (decode + mono + resample +
-fbank + text), and the load average before and after. The first utterance is run once untimed
+fbank + text), the stage again with `text_prepared` in place of `text` (the job's CPU stage
+with a prepared-text file; the text pass itself costs about `text`, on other machines or
+beforehand), and the load average before and after. The first utterance is run once untimed
 (grammar and kernel caches, as a worker's first item); then the fast path's memo is emptied,
 so every text is new to it (the texts of the corpus are all different).
 """
@@ -141,7 +146,34 @@ class Clock:
         return out
 
 
-def run(items: list[dict], tokenizer_path: Path, compare_reference: bool = True) -> dict:
+def time_prepared_text(items: list[dict], ids: list[list[int]], workdir: Path, clock: Clock) -> int:
+    """Times each record's lookup in a prepared-text file holding `ids`, as a CPU worker reads
+    it; returns how many lookups gave back other ids than `ids` (0 expected)."""
+    from preprocess import text as T
+    from preprocess.text_cache import FORMAT_VERSION, PreparedTextReader, entry_line, line_offsets, made_by
+
+    path = workdir / "prepared_text.jsonl"
+    header = {"prepared_text": FORMAT_VERSION, "made_by": made_by("bench", None), "about": {}}
+    with open(path, "wb") as f:
+        f.write((json.dumps(header) + "\n").encode())
+        for i, (item, item_ids) in enumerate(zip(items, ids)):
+            f.write(entry_line(f"utt_{i:05d}", item["language"], T.clean_text(item["text"]), item_ids))
+    offsets = line_offsets(path)
+    reader = PreparedTextReader(path)
+    wrong = 0
+    try:
+        for i, (item, item_ids) in enumerate(zip(items, ids)):
+            text = T.clean_text(item["text"])
+            entry = clock.time("text_prepared", reader.lookup, offsets[f"utt_{i:05d}"], f"utt_{i:05d}",
+                               text, item["language"])
+            wrong += entry is None or entry["ids"] != item_ids
+    finally:
+        reader.close()
+    return wrong
+
+
+def run(items: list[dict], tokenizer_path: Path, compare_reference: bool = True,
+        workdir: Path | None = None) -> dict:
     import torch
 
     from preprocess import text as T
@@ -190,10 +222,14 @@ def run(items: list[dict], tokenizer_path: Path, compare_reference: bool = True)
     load_before = load_average()
     t0 = time.perf_counter()
     mismatches = 0
+    made = []
     for i, item in enumerate(items):
         ours, ref = one(item, clock, i)
+        made.append(ours)
         mismatches += ref is not None and ours != ref
     wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="prepared_") as tmp:
+        prepared_wrong = time_prepared_text(items, made, Path(tmp), clock)
     audio = sum(it["seconds"] for it in items)
     chars = sum(len(T.clean_text(it["text"])) for it in items)
     stage_cpu = sum(clock.cpu[k] for k in COMPONENTS)
@@ -204,6 +240,11 @@ def run(items: list[dict], tokenizer_path: Path, compare_reference: bool = True)
         "wall_seconds": {k: round(v, 3) for k, v in clock.wall.items()},
         "audio_seconds_per_cpu_second": {k: per(k) for k in clock.cpu},
         "stage_audio_seconds_per_cpu_second": round(audio / stage_cpu, 1),
+        "stage_with_prepared_text": round(audio / (stage_cpu - clock.cpu["text"] + clock.cpu["text_prepared"]), 1),
+        "prepared_text_saving": round(stage_cpu / (stage_cpu - clock.cpu["text"] + clock.cpu["text_prepared"]), 1),
+        "text_ms_per_utterance": {k: round(clock.cpu[k] / len(items) * 1e3, 4)
+                                  for k in ("text", "text_reference", "text_prepared") if k in clock.cpu},
+        "prepared_text_wrong_ids": prepared_wrong,
         "stage_with_reference_text": (round(audio / (stage_cpu - clock.cpu["text"] + clock.cpu["text_reference"]), 1)
                                       if "text_reference" in clock.cpu else None),
         "text_ms_per_char": {k: round(clock.cpu[k] / chars * 1e3, 4) for k in ("text", "text_reference")
@@ -243,7 +284,7 @@ def main(argv=None) -> dict:
         items = make_corpus(tmp, args.language, args.count, args.min_seconds, args.max_seconds, rates,
                             args.stereo_every, args.seed)
         tokenizer = args.tokenizer or train_tokenizer(tmp, [it["text"] for it in items])
-        report = run(items, tokenizer, compare_reference=not args.no_reference)
+        report = run(items, tokenizer, compare_reference=not args.no_reference, workdir=tmp)
     report.update(language=args.language, rates=rates, seconds_range=[args.min_seconds, args.max_seconds],
                   command="python tools/bench_cpu_stage.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                   machine={"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),

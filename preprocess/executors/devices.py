@@ -19,6 +19,9 @@ from ..store.dataset import fault_point
 from ..store.shards import merge_shards
 
 
+TEXT_SOURCES = "text_sources"  # on the progress queue: a worker's RunSummary.text_sources
+
+
 class WorkerFailed(RuntimeError):
     """A device worker exited with an error; what it finished was merged."""
 
@@ -79,6 +82,11 @@ class OnePerDevice:
                     n, secs = progress.get(timeout=0.5)
                 except queue.Empty:
                     continue
+                if n == TEXT_SOURCES:  # a worker's last message: where its text ids came from
+                    summary.text_sources = summary.text_sources or {}
+                    for key, count in secs.items():
+                        summary.text_sources[key] = summary.text_sources.get(key, 0) + count
+                    continue
                 summary.processed += n
                 summary.audio_seconds += secs
                 bar.update(secs)
@@ -103,6 +111,8 @@ def _device_worker(opts, provenance: dict, progress) -> None:
     # The launcher's provenance already holds the options; Job adds them again, unchanged.
     base = {k: v for k, v in provenance.items() if k != "options"}
     try:
-        Job(opts, base).run(InProcess(on_progress=lambda n, s: progress.put((n, s))))
+        done = Job(opts, base).run(InProcess(on_progress=lambda n, s: progress.put((n, s))))
+        if done.text_sources is not None:
+            progress.put((TEXT_SOURCES, done.text_sources))
     except KeyboardInterrupt:
         sys.exit(130)

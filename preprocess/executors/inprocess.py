@@ -96,11 +96,17 @@ class InProcess:
         interrupted = None
         cpu = stage = writer = bar = None
         try:
+            todo = [plan.items[i] for i in plan.todo_indices()]
+            prepared_text = None
+            if opts.prepared_text is not None:
+                with Phase(summary, "prepared_text", f"indexed {opts.prepared_text}", opts.progress):
+                    attach_prepared_text(todo, opts.prepared_text)
+                prepared_text = str(opts.prepared_text)
             # The workers start (and prepare the first items) while the models load.
             cpu = CpuStage(threads.workers, (str(opts.tokenizer), opts.resample, opts.limits,
-                                             device.type != "cpu", threads.niceness), opts.language)
-            stream = PreparedStream(cpu, [plan.items[i] for i in plan.todo_indices()],
-                                    window=2 * threads.workers + 2)
+                                             device.type != "cpu", threads.niceness, prepared_text),
+                           opts.language)
+            stream = PreparedStream(cpu, todo, window=2 * threads.workers + 2)
             with Phase(summary, "load_models", f"loaded the models on {device}", opts.progress):
                 bundle = self._models(opts).to(device, PRECISIONS[opts.precision])
             if threads.model:
@@ -146,6 +152,8 @@ class InProcess:
             try:
                 if cpu is not None:
                     cpu.close()
+                    if opts.prepared_text is not None:
+                        summary.text_sources = dict(cpu.counts)
                 if writer is not None:
                     writer.finish()  # everything computed is committed; nothing half-done is marked
                     bar.close()
@@ -213,6 +221,16 @@ class InProcess:
         writer = Writer(output, on_commit)
         writer.start()
         return writer, bar
+
+
+def attach_prepared_text(items, path) -> None:
+    """Each item's `text_at`: the offset of its record's line in the prepared-text file `path`
+    (None when it has none); its CPU worker reads the line there."""
+    from ..text_cache import line_offsets
+
+    offsets = line_offsets(path, {item.record.id for item in items})
+    for item in items:
+        item.text_at = offsets.get(item.record.id)
 
 
 def plan_key(plan) -> str:
