@@ -56,6 +56,11 @@ def _model_options(f):
 @click.option("--workers", type=int, default=0, show_default=True, help="CPU worker processes; 0 = automatic.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--devices", help="Several GPUs on this machine: 'all' or a list like 0,1,3 (one worker each).")
+@click.option("--shard", "shard", metavar="K/N",
+              help="Process share K of N (0-based) into OUT/shards/KofN: N independent jobs (a Slurm "
+                   "array) with the same --output-dir on a shared file system, then "
+                   "'preprocess merge OUT'. The partition is duration-balanced and depends on the "
+                   "manifest alone.")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--max-samples", type=int, help="Process at most this many new utterances in this run.")
 @click.option("--min-duration", type=float, help=f"Seconds [default: {Limits.min_duration}].")
@@ -78,7 +83,7 @@ def _model_options(f):
 def preprocess_data(manifest, output_dir, datasets, output_root, config, tokenizer, gpt_checkpoint,
                     w2v_stats, w2v_bert, semantic_codec, language, job_config, layer, val_ratio,
                     batch_size, workers,
-                    device, devices, precision, max_samples, min_duration, max_duration,
+                    device, devices, shard, precision, max_samples, min_duration, max_duration,
                     max_text_len, max_code_len, resample, fmt, latent_dtype, trust_checkpoint, strict,
                     force, quiet):
     """Turn a speech corpus manifest into IndexTTS2 GPT training features.
@@ -98,6 +103,11 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
         fail(f"tokenizer {tokenizer} not found (pass the SentencePiece bpe.model with --tokenizer)")
     try:
         defaults = JobDefaults.load(job_config)
+    except ValueError as e:
+        fail(str(e))
+    from .partition import parse_shard
+    try:
+        shard = parse_shard(shard) if shard else None
     except ValueError as e:
         fail(str(e))
     from .device import resolve_device
@@ -135,7 +145,7 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
         max_samples=max_samples, limits=limits, resample=resample, format=fmt,
         latent_dtype=latent_dtype, layer=defaults.layer if layer is None else layer, force=force,
         progress=not quiet, trust_checkpoint=trust_checkpoint)
-    code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo)
+    code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo, shard=shard)
     sys.exit(code)
 
 
@@ -200,16 +210,26 @@ def stats(out, json_path, png_path):
 
 @main.command()
 @click.argument("out", type=PATH)
-def merge(out):
-    """Merge the per-device shards left in OUT/shards by an interrupted multi-GPU run."""
+@click.option("--manifest", type=PATH,
+              help="The manifest the --shard jobs read, where it is not at the path they recorded.")
+def merge(out, manifest):
+    """Adopt the shards in OUT/shards: those of --shard K/N jobs, or those an interrupted
+    multi-GPU run left.
+
+    Every finished shard is adopted; each missing, unfinished or running one, and each made
+    with other settings or another partition, is named, and the exit status is 1 until all
+    of them are in OUT.
+    """
+    from .executors.array import merge_output
     from .store.dataset import ConfigMismatch, OutputExists
-    from .store.shards import merge_command
 
     try:
-        n = merge_command(out)
+        report = merge_output(out, manifest)
     except (ConfigMismatch, OutputExists) as e:
         fail(str(e))
-    click.echo(f"merged {n} utterances into {out}")
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(0 if report.ok else 1)
 
 
 @main.command()

@@ -55,8 +55,10 @@ def _print(message: str, err: bool = False) -> None:
 
 
 def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] | None = None,
-                 strict: bool = False, echo=_print) -> int:
-    """Run every dataset in turn; returns the process exit code."""
+                 strict: bool = False, echo=_print, shard: tuple[int, int] | None = None) -> int:
+    """Run every dataset in turn; returns the process exit code. `shard` (K, N): run share K
+    of N of each dataset into OUT/shards/KofN (executors/array.py)."""
+    from .executors.array import shard_job
     from .executors.devices import OnePerDevice, WorkerFailed
     from .executors.inprocess import InProcess
     from .models.unifiedvoice import UntrustedCheckpoint
@@ -73,7 +75,15 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
             if provenance is None:
                 provenance = describe_inputs(opts.models, opts.tokenizer)
             executor = OnePerDevice(devices) if devices else InProcess(models)
-            summary = Job(opts, provenance).run(executor)
+            if shard is None:
+                job = Job(opts, provenance)
+            else:
+                started = shard_job(opts, provenance, shard, executor)
+                if isinstance(started, str):
+                    echo(started)
+                    continue
+                job, executor = started
+            summary = job.run(executor)
         except (ConfigMismatch, OutputExists) as e:
             echo(f"error: {e}", err=True)
             return 2

@@ -87,6 +87,7 @@ class JobOptions:
     progress: bool = True
     trust_checkpoint: bool = False  # gpt.pth through the full unpickler (it can run code in the file)
     only_ids: frozenset[str] | None = None  # this process's share of the ids (one GPU of several)
+    shard: tuple[int, int] | None = None    # (K, N): share K of an array of N jobs (--shard K/N)
 
 
 def output_options(opts: JobOptions) -> dict:
