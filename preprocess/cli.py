@@ -61,6 +61,12 @@ def _model_options(f):
                    "array) with the same --output-dir on a shared file system, then "
                    "'preprocess merge OUT'. The partition is duration-balanced and depends on the "
                    "manifest alone.")
+@click.option("--engine", type=click.Choice(["inprocess", "ray"]), default="inprocess", show_default=True,
+              help="ray: CPU preparation as Ray tasks over a cluster, the models in one actor per GPU "
+                   "(pip install -e \".[ray]\").")
+@click.option("--ray-address", help="--engine ray: a running cluster to join [default: start a local one].")
+@click.option("--ray-actors", type=int, default=0, show_default=True,
+              help="--engine ray: device actors; 0 = one per GPU of the cluster (one CPU actor per node without).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--max-samples", type=int, help="Process at most this many new utterances in this run.")
 @click.option("--min-duration", type=float, help=f"Seconds [default: {Limits.min_duration}].")
@@ -83,7 +89,7 @@ def _model_options(f):
 def preprocess_data(manifest, output_dir, datasets, output_root, config, tokenizer, gpt_checkpoint,
                     w2v_stats, w2v_bert, semantic_codec, language, job_config, layer, val_ratio,
                     batch_size, workers,
-                    device, devices, shard, precision, max_samples, min_duration, max_duration,
+                    device, devices, shard, engine, ray_address, ray_actors, precision, max_samples, min_duration, max_duration,
                     max_text_len, max_code_len, resample, fmt, latent_dtype, trust_checkpoint, strict,
                     force, quiet):
     """Turn a speech corpus manifest into IndexTTS2 GPT training features.
@@ -105,6 +111,13 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
         defaults = JobDefaults.load(job_config)
     except ValueError as e:
         fail(str(e))
+    if engine == "ray" and devices:
+        fail("--devices is for the in-process engine; with --engine ray every GPU of the cluster gets an actor")
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            fail('--engine ray needs Ray: pip install -e ".[ray]"')
     from .partition import parse_shard
     try:
         shard = parse_shard(shard) if shard else None
@@ -145,7 +158,8 @@ def preprocess_data(manifest, output_dir, datasets, output_root, config, tokeniz
         max_samples=max_samples, limits=limits, resample=resample, format=fmt,
         latent_dtype=latent_dtype, layer=defaults.layer if layer is None else layer, force=force,
         progress=not quiet, trust_checkpoint=trust_checkpoint)
-    code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo, shard=shard)
+    code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo, shard=shard,
+                        engine=engine, ray_address=ray_address, ray_actors=ray_actors)
     sys.exit(code)
 
 
