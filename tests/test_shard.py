@@ -134,10 +134,8 @@ def test_three_shards_in_three_processes_then_merge_equal_one_run(dirty_corpus, 
 
 def test_unfinished_running_and_mismatched_shards_are_named(corpus, tiny_models, tmp_path):  # noqa: F811
     out = tmp_path / "out"
-    # Killed after its first batch is marked done: started, not all of its share done.
-    r = finish(shard_process(corpus, out, tiny_models, 0, 2, "--batch-size", "1",
-                             env={"PREPROCESS_FAULT": "after_journal:1"}))
-    assert r.returncode == 137
+    # Stopped after one utterance: started, not all of its share done.
+    run_cli(corpus, out, tiny_models, "--batch-size", "1", "--shard", "0/2", "--max-samples", "1")
     run_cli(corpus, out, tiny_models, "--batch-size", "3", "--shard", "1/2")
     # A job with other settings is refused when it starts, and says what differs.
     r = run_cli(corpus, out, tiny_models, "--batch-size", "3", "--shard", "1/2", "--val-ratio", "0.5",

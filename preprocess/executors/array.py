@@ -86,7 +86,7 @@ def shard_job(opts, provenance: dict, shard: tuple[int, int], inner):
     if found is not None and found != job.fingerprint:
         raise ConfigMismatch(
             f"{out} holds outputs made with other settings (fingerprint {found[:12]}, this job "
-            f"{job.fingerprint[:12]}){job._what_differs(out)}; every shard must be run with the "
+            f"{job.fingerprint[:12]}){job.what_differs(out)}; every shard must be run with the "
             "settings of the others")
     register(out, {"count": count, "partition": partition.digest, "fingerprint": job.fingerprint,
                    "manifest": str(Path(opts.manifest).resolve()), "provenance": job.provenance})

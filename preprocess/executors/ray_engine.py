@@ -138,7 +138,6 @@ class DeviceWorker:
                 entries.append(entry(rec, p, result, self.opts.val_ratio))
         self.output.commit(entries, rejects)
         self.output.flush()   # durable before the driver hears of it (a packed store buffers rows)
-        fault_point("ray_after_commit")
         return BatchResult([i for i, _ in records], len(entries), len(rejects),
                            sum(p.audio_seconds for p in prepared), self.stage.busy_seconds - busy,
                            self.stage.valid_frames - valid, self.stage.padded_frames - padded,
