@@ -66,6 +66,17 @@ def _model_options(f):
 @click.option("--workers", type=int, default=0, show_default=True, help="CPU worker processes; 0 = automatic.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--devices", help="Several GPUs on this machine: 'all' or a list like 0,1,3 (one worker each).")
+@click.option("--shard", "shard", metavar="K/N",
+              help="Process share K of N (0-based) into OUT/shards/KofN: N independent jobs (a Slurm "
+                   "array) with the same --output-dir on a shared file system, then "
+                   "'preprocess merge OUT'. The partition is duration-balanced and depends on the "
+                   "manifest alone.")
+@click.option("--engine", type=click.Choice(["inprocess", "ray"]), default="inprocess", show_default=True,
+              help="ray: CPU preparation as Ray tasks over a cluster, the models in one actor per GPU "
+                   "(pip install -e \".[ray]\").")
+@click.option("--ray-address", help="--engine ray: a running cluster to join [default: start a local one].")
+@click.option("--ray-actors", type=int, default=0, show_default=True,
+              help="--engine ray: device actors; 0 = one per GPU of the cluster (one CPU actor per node without).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--max-samples", type=int, help="Process at most this many new utterances in this run.")
 @click.option("--min-duration", type=float, help=f"Seconds [default: {Limits.min_duration}].")
@@ -91,9 +102,9 @@ def _model_options(f):
 def preprocess_data(manifest, input_format, fields, output_dir, datasets, output_root, config,
                     tokenizer, gpt_checkpoint, w2v_stats, w2v_bert, semantic_codec, language, job_config, layer, val_ratio,
                     batch_size, workers,
-                    device, devices, precision, max_samples, min_duration, max_duration,
-                    max_text_len, max_code_len, resample, fmt, latent_dtype, trust_checkpoint,
-                    prepared_text, strict, force, quiet):
+                    device, devices, shard, engine, ray_address, ray_actors, precision, max_samples,
+                    min_duration, max_duration, max_text_len, max_code_len, resample, fmt, latent_dtype,
+                    trust_checkpoint, prepared_text, strict, force, quiet):
     """Turn a speech corpus manifest into IndexTTS2 GPT training features.
 
     Writes text ids, semantic codes, conditioning latents and emotion vectors per utterance,
@@ -121,6 +132,18 @@ def preprocess_data(manifest, input_format, fields, output_dir, datasets, output
         fail(str(e))
     try:
         defaults = JobDefaults.load(job_config)
+    except ValueError as e:
+        fail(str(e))
+    if engine == "ray" and devices:
+        fail("--devices is for the in-process engine; with --engine ray every GPU of the cluster gets an actor")
+    if engine == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            fail('--engine ray needs Ray: pip install -e ".[ray]"')
+    from .partition import parse_shard
+    try:
+        shard = parse_shard(shard) if shard else None
     except ValueError as e:
         fail(str(e))
     from .device import resolve_device
@@ -160,7 +183,8 @@ def preprocess_data(manifest, input_format, fields, output_dir, datasets, output
         latent_dtype=latent_dtype, layer=defaults.layer if layer is None else layer, force=force,
         progress=not quiet, trust_checkpoint=trust_checkpoint, input_format=input_format,
         fields=tuple(field_map.items()), prepared_text=prepared_text)
-    code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo)
+    code = run_datasets(base, specs, devices=device_list, strict=strict, echo=click.echo, shard=shard,
+                        engine=engine, ray_address=ray_address, ray_actors=ray_actors)
     sys.exit(code)
 
 
@@ -242,21 +266,32 @@ def stats(out, json_path, png_path):
 
 @main.command()
 @click.argument("out", type=PATH)
-def merge(out):
-    """Merge the per-device shards left in OUT/shards by an interrupted multi-GPU run."""
+@click.option("--manifest", type=PATH,
+              help="The manifest the --shard jobs read, where it is not at the path they recorded.")
+def merge(out, manifest):
+    """Adopt the shards in OUT/shards: those of --shard K/N jobs, or those an interrupted
+    multi-GPU run left.
+
+    Every finished shard is adopted; each missing, unfinished or running one, and each made
+    with other settings or another partition, is named, and the exit status is 1 until all
+    of them are in OUT.
+    """
+    from .executors.array import merge_output
     from .store.dataset import ConfigMismatch, OutputExists
     from .store.fsutil import is_disk_full
-    from .store.shards import merge_command, merge_disk_full_message
+    from .store.shards import merge_disk_full_message
 
     try:
-        n = merge_command(out)
+        report = merge_output(out, manifest)
     except (ConfigMismatch, OutputExists) as e:
         fail(str(e))
     except OSError as e:
         if not is_disk_full(e):
             raise
         fail(merge_disk_full_message(out), 1)
-    click.echo(f"merged {n} utterances into {out}")
+    for line in report.lines():
+        click.echo(line)
+    sys.exit(0 if report.ok else 1)
 
 
 @main.command()

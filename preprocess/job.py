@@ -92,9 +92,9 @@ class Job:
                              lambda: open_writer(path, opts.format, opts.latent_dtype),
                              force=opts.force if force is None else force)
         except ConfigMismatch as e:
-            raise ConfigMismatch(f"{e}{self._what_differs(path)}") from None
+            raise ConfigMismatch(f"{e}{self.what_differs(path)}") from None
 
-    def _what_differs(self, path: Path) -> str:
+    def what_differs(self, path: Path) -> str:
         """The settings and files that differ from the run that made `path`, from its stats.json."""
         import json
 

@@ -58,8 +58,13 @@ def _print(message: str, err: bool = False) -> None:
 
 
 def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] | None = None,
-                 strict: bool = False, echo=_print) -> int:
-    """Run every dataset in turn; returns the process exit code."""
+                 strict: bool = False, echo=_print, shard: tuple[int, int] | None = None,
+                 engine: str = "inprocess", ray_address: str | None = None, ray_actors: int = 0) -> int:
+    """Run every dataset in turn; returns the process exit code. `shard` (K, N): run share K
+    of N of each dataset into OUT/shards/KofN (executors/array.py). `engine` "ray": on a Ray
+    cluster (executors/ray_engine.py), joined at `ray_address` or started here, with
+    `ray_actors` device actors (0: one per GPU)."""
+    from .executors.array import shard_job
     from .executors.devices import OnePerDevice, WorkerFailed
     from .executors.inprocess import InProcess
     from .models.unifiedvoice import UntrustedCheckpoint
@@ -76,8 +81,20 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
         try:
             if provenance is None:
                 provenance = describe_inputs(opts.models, opts.tokenizer)
-            executor = OnePerDevice(devices) if devices else InProcess(models)
-            summary = Job(opts, provenance).run(executor)
+            if engine == "ray":
+                from .executors.ray_engine import RayEngine
+                executor = RayEngine(ray_address, actors=ray_actors)
+            else:
+                executor = OnePerDevice(devices) if devices else InProcess(models)
+            if shard is None:
+                job = Job(opts, provenance)
+            else:
+                started = shard_job(opts, provenance, shard, executor)
+                if isinstance(started, str):
+                    echo(started)
+                    continue
+                job, executor = started
+            summary = job.run(executor)
         except (ConfigMismatch, OutputExists, ManifestError, PreparedTextError) as e:
             echo(f"error: {e}", err=True)
             return 2

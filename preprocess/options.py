@@ -94,6 +94,7 @@ class JobOptions:
     # Text ids made beforehand (preprocess prepare-text); not in the fingerprint: the ids taken
     # from it equal those the job would make, so outputs are the same with or without it.
     prepared_text: Path | None = None
+    shard: tuple[int, int] | None = None    # (K, N): share K of an array of N jobs (--shard K/N)
 
 
 def output_options(opts: JobOptions) -> dict:

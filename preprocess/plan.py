@@ -53,8 +53,10 @@ def make_plan(opts: JobOptions, done: set[str], rejected_lines: set[int]) -> Pla
     records, rejects, line_of = [], [], {}
     for item in read_source(opts.manifest, opts.input_format, dict(opts.fields)):
         if isinstance(item, Reject):
-            # With a share of the ids, the launching process reports manifest-level rejects.
-            if opts.only_ids is None and item.line not in rejected_lines:
+            # With a share of the ids, the launching process reports manifest-level rejects;
+            # in an array of independent jobs, share 0 does.
+            reports = opts.only_ids is None or (opts.shard is not None and opts.shard[0] == 0)
+            if reports and item.line not in rejected_lines:
                 rejects.append(item)
             continue
         if opts.only_ids is not None and item.id not in opts.only_ids:

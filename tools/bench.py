@@ -12,6 +12,8 @@ Modes, each in a module of its own beside this file:
   cpu-stage    the CPU stage per component and per core (bench_cpu_stage.py)
   decode       reading and decoding from tar shards, Parquet, Arrow and Lhotse manifests against
                loose files (bench_decode.py)
+  ray          the Ray engine: per-batch scheduling and transfer against the in-process
+               engine on the same batches; the CPU stage on 1..N Ray workers (bench_ray.py)
 
 Generated corpora (`--generate N`): durations drawn uniformly (or log-uniformly) between the
 bounds, synthetic voice (tools/make_sample.py) written as 16-bit WAV at 16/22.05/24/44.1/48 kHz in
@@ -53,8 +55,13 @@ def _store(args):
     return bench_store.store_benchmark(args)
 
 
+def _ray(args):
+    import bench_ray
+    return bench_ray.ray_benchmark(args)
+
+
 MODES = {"end-to-end": _job, "model-only": _job, "both": _job, "plan": _job,
-         "reference": _reference, "store": _store}
+         "reference": _reference, "store": _store, "ray": _ray}
 # cpu-stage and decode have options of their own: `tools/bench.py --mode cpu-stage --help`
 OWN_OPTIONS = {"cpu-stage": "bench_cpu_stage", "decode": "bench_decode"}
 
@@ -91,6 +98,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=2, help="reference mode: interleaved rounds per variant")
     ap.add_argument("--threads-variant", action="append", metavar="W,M,N",
                     help="reference mode: also run the job with W workers, M model threads, niceness N")
+    ap.add_argument("--ray-cpus", type=int, default=0,
+                    help="ray mode: largest local cluster of the CPU-stage scaling, 0: the cores")
     import bench_store
     bench_store.add_arguments(ap)
     ap.add_argument("--out", type=Path, default=None,

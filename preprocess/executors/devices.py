@@ -70,7 +70,7 @@ class OnePerDevice:
         for k, share in enumerate(shares):
             ids = frozenset(plan.items[i].record.id for i in share)
             sub = replace(job.opts, output_dir=job.opts.output_dir / SHARDS / str(k),
-                          device=self.devices[k], only_ids=ids, progress=False, force=False)
+                          device=self.devices[k], only_ids=ids, shard=None, progress=False, force=False)
             p = ctx.Process(target=_device_worker, args=(sub, job.provenance, progress), daemon=False)
             p.start()
             procs.append(p)

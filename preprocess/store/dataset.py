@@ -67,7 +67,9 @@ class OutputDir:
         if force:
             wipe(self.path)
         elif Journal.read_fingerprint(self.path) is None and any(
-                (self.path / name).exists() for name in OWNED):
+                (self.path / name).exists() for name in OWNED if name != SHARDS):
+            # OUT/shards alone is what an array of --shard jobs leaves before its first merge:
+            # sub-stores with their own progress files, nothing of OUT's own.
             raise OutputExists(f"{self.path} holds outputs without a progress file; "
                                "choose an empty directory or pass --force to replace them")
         try:

@@ -81,6 +81,17 @@ class Journal:
         lines = self.path.read_bytes().decode("utf-8", errors="replace").split("\n")
         return [line for line in lines[1:-1] if line]
 
+    @staticmethod
+    def read_done(out_dir: str | os.PathLike) -> set[str]:
+        """The ids marked done in `out_dir`, read without opening it (no lock, no recovery):
+        what another process may be appending to; a torn last line is dropped."""
+        path = Path(out_dir) / PROGRESS_FILE
+        try:
+            lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+        except FileNotFoundError:
+            return set()
+        return {line for line in lines[1:-1] if line} if lines[0].startswith(_HEADER) else set()
+
     def mark_done(self, ids: list[str]) -> None:
         append_durable(self.path, "".join(f"{i}\n" for i in ids).encode("utf-8"))
         self.done.update(ids)

@@ -1,4 +1,4 @@
-"""Adopting finished shards (per-device or per-job sub-stores under OUT/shards/<k>/) into OUT.
+"""Adopting finished shards (per-device or per-job sub-stores under OUT/shards/<name>/) into OUT.
 
 A shard's data is made durable in OUT first (npy: files hard-linked into place; zarr: rows
 appended to OUT's store, resumably), then its manifest lines are adopted (manifest, then
@@ -9,6 +9,7 @@ mid-merge loses nothing, and a rerun (or `preprocess merge OUT`) completes it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from .stats import write_stats
 # Under OUT/shards: the run record (stats.json's last_run) of every shard adopted and deleted,
 # so that `preprocess merge` reports all of the shards' runs after a crash mid-merge.
 RUNS = "runs.jsonl"
+ARRAY_SHARD = re.compile(r"^(\d+)of(\d+)$")
 
 
 def shard_dirs(out: Path) -> list[Path]:
@@ -31,16 +33,24 @@ def shard_dirs(out: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
+def is_array_shard(shard: Path) -> bool:
+    """A share of an array of independent jobs (OUT/shards/KofN, `--shard K/N`): adopted only
+    by the array's merge, once all of its share is done (executors/array.py)."""
+    return ARRAY_SHARD.match(shard.name) is not None
+
+
 def merge_shards(output: OutputDir, *, keep_runs: bool = False) -> int:
-    """Adopt every finished record of OUT/shards/* into OUT, then delete the shards (and
-    OUT/shards, unless `keep_runs`: then the shards' run records stay, see `shard_runs`).
-    Idempotent: records already adopted are skipped. Returns the number adopted."""
+    """Adopt every finished record of the shards OUT/shards/* other than array shards into
+    OUT, then delete those shards (and OUT/shards when nothing else is in it, unless
+    `keep_runs`: then the shards' run records stay, see `shard_runs`). Idempotent: records
+    already adopted are skipped. Returns the number adopted."""
     root = output.path / SHARDS
     if not root.is_dir():
         return 0
-    fmt = format_named(output.store.format)
     adopted = 0
     for shard in shard_dirs(output.path):
+        if is_array_shard(shard):
+            continue
         fp = Journal.read_fingerprint(shard)
         if fp is None:
             shutil.rmtree(shard)
@@ -48,36 +58,51 @@ def merge_shards(output: OutputDir, *, keep_runs: bool = False) -> int:
         if fp != output.journal.fingerprint:
             raise ConfigMismatch(f"{shard} was made with other settings than {output.path}; "
                                  "remove it or rerun with its settings")
-        # Opening the shard as an output takes its lock and drops what its journal does not
-        # mark done (a crash between its manifest append and its journal).
-        sub = OutputDir(shard, fp, fmt.reopen_writer(shard))
-        try:
-            todo = [(split, line) for split, name in MANIFESTS.items()
-                    for line in read_output_manifest(shard / name)[0]
-                    if line["id"] not in output.done]
-            moved = fmt.adopt(output.store, shard, [line for _, line in todo])
-            lines = [(split, line) for (split, _), line in zip(todo, moved)]
-            syncfs(output.path)
-            output.adopt(lines)
-            adopted += len(lines)
-            rejects = read_output_manifest(shard / REJECTS, require_id=False)[0]
-            output.add_rejects(Reject.from_json(r) for r in rejects)
-        finally:
-            sub.close()
-        run = _finished_stats(shard).get("last_run")
-        if isinstance(run, dict):
-            append_durable(root / RUNS, (json.dumps({"shard": shard.name, "run": run}) + "\n").encode())
-        shutil.rmtree(shard)
+        adopted += adopt_shard(output, shard, open_shard(output, shard))
     if not keep_runs:
         remove_shards_dir(output.path)
     return adopted
 
 
-def shard_runs(out: Path) -> list[dict]:
-    """The run record of every shard of OUT: those adopted already, then those waiting."""
+def open_shard(output: OutputDir, shard: Path) -> OutputDir:
+    """The shard as an output directory: this takes its lock (OutputExists while a run writes
+    to it) and drops what its journal does not mark done (a crash between its manifest append
+    and its journal)."""
+    fmt = format_named(output.store.format)
+    return OutputDir(shard, Journal.read_fingerprint(shard), fmt.reopen_writer(shard))
+
+
+def adopt_shard(output: OutputDir, shard: Path, sub: OutputDir) -> int:
+    """Adopt the records `sub` (the open `shard`) holds into OUT: data, manifest lines and
+    journal, rejects; then record its run and delete it. Closes `sub`. Returns the number of
+    records adopted."""
+    fmt = format_named(output.store.format)
+    try:
+        todo = [(split, line) for split, name in MANIFESTS.items()
+                for line in read_output_manifest(shard / name)[0]
+                if line["id"] not in output.done]
+        moved = fmt.adopt(output.store, shard, [line for _, line in todo])
+        lines = [(split, line) for (split, _), line in zip(todo, moved)]
+        syncfs(output.path)
+        output.adopt(lines)
+        rejects = read_output_manifest(shard / REJECTS, require_id=False)[0]
+        output.add_rejects(Reject.from_json(r) for r in rejects)
+    finally:
+        sub.close()
+    run = _finished_stats(shard).get("last_run")
+    if isinstance(run, dict):
+        append_durable(output.path / SHARDS / RUNS,
+                       (json.dumps({"shard": shard.name, "run": run}) + "\n").encode())
+    shutil.rmtree(shard)
+    return len(lines)
+
+
+def shard_runs(out: Path, waiting: bool = True) -> list[dict]:
+    """The run record of every shard of OUT: those adopted already, then (if `waiting`) those
+    waiting."""
     recorded = {r["shard"]: r["run"] for r in read_output_manifest(out / SHARDS / RUNS, require_id=False)[0]
                 if isinstance(r.get("run"), dict) and isinstance(r.get("shard"), str)}
-    for shard in shard_dirs(out):
+    for shard in shard_dirs(out) if waiting else ():
         run = _finished_stats(shard).get("last_run")
         if isinstance(run, dict):
             recorded.setdefault(shard.name, run)
@@ -85,21 +110,25 @@ def shard_runs(out: Path) -> list[dict]:
 
 
 def remove_shards_dir(out: Path) -> None:
+    """Remove the run records and OUT/shards, unless shards are still in it (an array's)."""
     root = out / SHARDS
-    if root.is_dir():
+    if root.is_dir() and not shard_dirs(out):
         (root / RUNS).unlink(missing_ok=True)
-        root.rmdir()
+        if not any(root.iterdir()):
+            root.rmdir()
 
 
 def merge_command(out: Path) -> int:
     """`preprocess merge OUT`: finish a merge that a crash interrupted. stats.json keeps the
     provenance and the last run's record of OUT or, where OUT has none yet, of a shard."""
-    shards = shard_dirs(out)
+    shards = [s for s in shard_dirs(out) if not is_array_shard(s)]
     fp = Journal.read_fingerprint(out)
     if fp is None:
         fp = Journal.read_fingerprint(shards[0]) if shards else None
     if fp is None:
         raise OutputExists(f"{out}: nothing to merge (no progress file in it or in {out / SHARDS})")
+    if not shards:
+        return 0  # nothing to adopt: the output and its order stay as its run left them
     own, of_shards = _finished_stats(out), [s for s in map(_finished_stats, shards) if s]
     provenance = (own or (of_shards[0] if of_shards else {})).get("provenance", {})
     run = combined_runs(shard_runs(out)) or own.get("last_run")
