@@ -2,7 +2,9 @@
 
 The commit order of a batch is what makes a kill at any instant harmless:
 arrays durable -> manifest lines durable -> rejects durable -> ids marked done in the journal.
-On open, anything not marked done is dropped from the manifests and recomputed.
+On open, anything not marked done is dropped from the manifests and recomputed, and torn last
+lines are cut off. A write that fails (a full disk) is treated like a kill at that point: the
+directory writes nothing more, not even on close, and the next open repairs what it left.
 """
 
 from __future__ import annotations
