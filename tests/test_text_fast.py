@@ -39,6 +39,12 @@ def test_facts_hold_what_the_grammar_reads():
     assert "call|me" in pairs  # telephone: "call me 555 1234"
     assert any(p.startswith("per|") for p in pairs)  # measure: "per ft"
     assert facts["en"]["grammars"]["word"]["crossing_states"] == 0
+    en = facts["en"]
+    assert en["plain_word_check"]["word_weight"] == 100.0 and en["plain_word_check"]["other_min_weight"] >= 101.0
+    assert {"TV", "Mr"} <= set(en["not_word_letter_strings"])
+    assert "Dr|." in en["mark_crossings"]["before_marks"]
+    assert "*|, TN" in en["mark_crossings"]["before_marks"]  # any word, a comma, a state
+    assert "," in en["template_punctuation"] and "[" not in en["template_punctuation"]  # the word grammar reads "["
     zh = facts["zh"]
     for ch in "儿臺這":  # erhua (whitelist), two traditional forms (changed by the pre-processor)
         assert ch in zh["excluded"], ch
@@ -58,7 +64,55 @@ def test_english_cuts(fast):
     assert path.pieces(" the cat ") == [" the", "cat "]
     # never cut to the right of the first digit (addresses: "12 Baker Street, any city, CA 95051")
     assert path.pieces("we went to 12 Baker Street today") == ["we", "went", "to 12 Baker Street today"]
-    assert path.pieces("a\tb c d") == ["a\tb c", "d"]  # only U+0020 runs are cut; "a\tb" is no word
+    assert path.pieces("a\tb c d") == ["a\tb", "c", "d"]  # only U+0020 runs are cut; letters touch this one
+
+
+def test_cuts_between_words_with_marks(fast):
+    path = fast["en"].path
+    assert path.can_cut("of", "times,")  # the space touches letters on both sides
+    assert path.can_cut('"Well,"', "said") is False  # a mark touches the space: a punctuation token reads it
+    assert not path.can_cut("call", "me,")  # a span pair still refuses
+    assert path.pieces("the age of wisdom, it was") == ["the", "age", "of", "wisdom, it", "was"]
+
+
+def test_plain_words(fast):
+    path = fast["en"].path
+    reference = T.get_tn("en")
+    for word in ("hello", "Zebra", "a", "I", "qwxz", "Mrx", "tv"):
+        assert path.is_plain_word(word), word
+        assert reference.normalize(word) == word, word  # what the derivation proved
+    for word in ("TV", "Mr", "TVMr", "", "a1", "hello,"):
+        assert not path.is_plain_word(word), word
+    assert reference.normalize("TV") != "TV" and reference.normalize("TVMr") != "TVMr"
+
+
+def test_templates(fast):
+    path = fast["en"].path
+    assert path.template("fox, jumps") == ("z, z", ["fox", "jumps"])
+    assert path.template("(hello) there") == ("(z) z", ["hello", "there"])
+    # "Dr." is the whitelist's; "Nashville, TN" is a whitelist token (a word, a comma, a state)
+    assert path.template("Dr. Smith.") == ("Dr. z.", ["Smith"])
+    assert path.template("Nashville, TN.") is None
+    assert path.template("e.g. this") is None  # a mark between two letters: no template
+    assert path.template("x\ty, z") is None  # not letters, spaces and marks only
+    assert path.template("z y, x") is None  # a kept word equal to the stand-in
+    assert path.template("y, z") == ("z, z", ["y", "z"])  # a replaced one is fine
+    reference = T.get_tn("en")
+    for text in ('"Well," said the old man, "I suppose we shall wait."', "I met Dr. Smith, then left.",
+                 "They drove to Nashville, TN, and stayed.", "A. B. Smith wrote it; C. D. Jones read it.",
+                 "Wait... what?! (Really?) Yes: really.", "He said \u201cno\u201d \u2014 twice\u2026",
+                 "fox, jumps", "St. Louis, MO is far.", "Fri - Mon, or Sat.", "z, z", "Mr. Brown and Mrs. Green."):
+        assert fast["en"].normalize(text) == reference.normalize(text), text
+    assert path.templated > 0
+
+
+def test_plain_word_proof_fails_without_the_whitelist():
+    """The proof is a check that can fail: without the whitelist's letter strings, "TV" would count
+    as plain, and the tagger has a tagging of it (whitelist, weight 1) far below 101."""
+    from derive_tn_fast_path import check_plain_words
+
+    with pytest.raises(RuntimeError, match="non-word tagging"):
+        check_plain_words(["Mr"])
 
 
 def test_chinese_cuts_keep_digit_tokens_whole(fast):
@@ -114,8 +168,11 @@ def test_piece_failure_falls_back_to_the_whole_text():
     facts = F.load_facts()
     reference = Reference()
     n = F.FastNormalizer(reference, "en", facts)
-    assert n.normalize("quiet boom") == "QUIET BOOM"  # "boom" failed alone: the whole text went in
-    assert reference.calls[-1] == "quiet boom"
+    # "quiet" is a plain word (no call); "boom" is not ("TV" is a whitelist word, see below), so it
+    # goes to the reference, fails, and the whole text goes in
+    n.path.not_word = n.path.not_word | {"boom"}
+    assert n.normalize("quiet boom") == "QUIET BOOM"
+    assert reference.calls == ["boom", "quiet boom"]
 
 
 def test_memo_returns_the_first_answer():
@@ -153,6 +210,8 @@ def test_stored_facts_equal_a_fresh_derivation():
     fresh, stored = derive(), F.load_facts()
     for key in ("version", "pynini", "en_tagger_sha256", "zh_tagger_sha256"):
         assert fresh[key] == stored[key]
-    assert fresh["en"]["span_pairs"] == stored["en"]["span_pairs"]
+    for key in ("span_pairs", "not_word_letter_strings", "template_punctuation", "mark_crossings",
+                "template_stand_in"):
+        assert fresh["en"][key] == stored["en"][key], key
     for key in ("excluded", "excluded_with_digit"):
         assert fresh["zh"][key] == stored["zh"][key]

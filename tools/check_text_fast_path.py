@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -47,11 +48,15 @@ def _run(fn, text):
         return None, type(e).__name__
 
 
+DIGIT = {"en": re.compile("[0-9]"), "zh": re.compile("[0-9０-９]")}  # what sends a text whole
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def check(language: str, count: int, seed: int, time_every: int = 1, progress: int = 0) -> dict:
+def check(language: str, count: int, seed: int, time_every: int = 1, progress: int = 0,
+          part: tuple[int, int] = (0, 1), file: Path | None = None) -> dict:
     from text_sentences import sentences
 
     from preprocess.text import get_normaliser, get_tn
@@ -64,9 +69,14 @@ def check(language: str, count: int, seed: int, time_every: int = 1, progress: i
     cold = FastNormalizer(reference, language, None)  # same facts, private memo for the cold timing
     cold.path = type(fast.path)(reference, _facts(language))
 
-    texts = [prepare(s, language) for s in sentences(language, count, seed)]
+    k, n = part  # sentences k, k+n, k+2n, ... of the generated list (parallel runs split one list)
+    source = (file.read_text(encoding="utf-8").splitlines() if file else sentences(language, count, seed))
+    texts = [prepare(s, language) for i, s in enumerate(source) if i % n == k]
     load_before = load_average()
     spent = {"reference": 0.0, "ours_memo": 0.0, "ours_no_memo": 0.0}
+    # the same, split by whether the text holds a digit (such texts go to the reference whole)
+    by_class = {c: {"sentences": 0, "characters": 0, "reference": 0.0, "ours_memo": 0.0}
+                for c in ("with_digit", "without_digit")}
     timed_chars, chars = 0, 0
     differences, failures_agreed = [], 0
     t_start = time.time()
@@ -81,12 +91,18 @@ def check(language: str, count: int, seed: int, time_every: int = 1, progress: i
             dt = time.perf_counter() - t0
             if timed:
                 spent["reference" if side == "ref" else "ours_memo"] += dt
+                cls = by_class["with_digit" if DIGIT[language].search(text) else "without_digit"]
+                cls["reference" if side == "ref" else "ours_memo"] += dt
         if timed:
-            cold.path.memo.table.clear()
+            for memo in (cold.path.memo, getattr(cold.path, "templates", None)):
+                if memo is not None:
+                    memo.table.clear()
             t0 = time.perf_counter()
             results["cold"] = _run(cold.normalize, text)
             spent["ours_no_memo"] += time.perf_counter() - t0
             timed_chars += len(text)
+            cls["sentences"] += 1
+            cls["characters"] += len(text)
         ref = results["ref"]
         for side in ("ours", "cold"):
             if side in results and results[side] != ref:
@@ -101,6 +117,7 @@ def check(language: str, count: int, seed: int, time_every: int = 1, progress: i
     per_char_ms = {k: (v / timed_chars * 1e3 if timed_chars else None) for k, v in spent.items()}
     return {
         "language": language, "sentences": len(texts), "characters": chars, "seed": seed,
+        "part": f"{k}/{n}",
         "differences": len(differences), "difference_examples": differences[:50],
         "reference_failures_reproduced": failures_agreed,
         "timed_sentences": sum(1 for i in range(len(texts)) if time_every and i % time_every == 0),
@@ -109,6 +126,9 @@ def check(language: str, count: int, seed: int, time_every: int = 1, progress: i
         "ms_per_char": {k: (round(v, 5) if v is not None else None) for k, v in per_char_ms.items()},
         "speedup": {k: round(spent["reference"] / spent[k], 1) if spent[k] else None
                     for k in ("ours_memo", "ours_no_memo")},
+        "by_class": {c: {**v, "reference": round(v["reference"], 3), "ours_memo": round(v["ours_memo"], 3),
+                         "speedup": round(v["reference"] / v["ours_memo"], 1) if v["ours_memo"] else None}
+                     for c, v in by_class.items()},
         "memo": fast.memo_stats(),
         "load_average_before": load_before, "load_average_after": load_average(),
         "wall_seconds": round(time.time() - t_start, 1),
@@ -129,10 +149,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--time-every", type=int, default=1, help="time every k-th sentence (0: none)")
     ap.add_argument("--progress", type=int, default=0, help="print a line every N sentences")
+    ap.add_argument("--part", default="0/1", help="K/N: check only sentences K, K+N, ... (runs in parallel)")
+    ap.add_argument("--file", type=Path, help="sentences from this file, one per line, instead of generated ones")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    report = check(args.language, args.count, args.seed, args.time_every, args.progress)
+    k, n = map(int, args.part.split("/"))
+    if not 0 <= k < n:
+        ap.error("--part K/N needs 0 <= K < N")
+    report = check(args.language, args.count, args.seed, args.time_every, args.progress, (k, n), args.file)
     if not args.progress:
         for d in report["difference_examples"][:10]:
             print("DIFF", json.dumps(d, ensure_ascii=False))
