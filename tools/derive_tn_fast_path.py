@@ -280,10 +280,10 @@ def check_plain_words(not_word: list[str], tagger=None) -> dict:
     from pynini.lib import byte
     from pynini.lib.pynutil import delete
 
-    if tagger is None:
-        import tn
+    if tagger is None:  # the tagger as the reference holds it (read, then optimised)
+        from tn.english.normalizer import Normalizer
 
-        tagger = pynini.Fst.read(str(Path(tn.__file__).parent / "en_tn_tagger.fst"))
+        tagger = Normalizer().tagger
     letters = byte.ALPHA.plus.optimize()
     plain = pynini.difference(letters, pynini.union(*not_word).plus.optimize()).optimize()
     paths = pynini.compose(plain, tagger)
