@@ -85,6 +85,7 @@ on a fixed sample.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -108,18 +109,15 @@ _ZH_DIGIT = re.compile(f"[{DIGITS_ZH}]")
 
 
 _LETTER_RUN = re.compile(r"[A-Za-z]+")
-_SIGMA = None
 
 
+@functools.lru_cache(maxsize=1)
 def _byte_sigma():
     """Every byte string, as an acceptor (built once per process)."""
-    global _SIGMA
-    if _SIGMA is None:
-        import pynini
-        from pynini.lib import byte
+    import pynini
+    from pynini.lib import byte
 
-        _SIGMA = pynini.closure(byte.BYTE).optimize()
-    return _SIGMA
+    return pynini.closure(byte.BYTE).optimize()
 
 
 def _final_distance(fst) -> float:
@@ -145,7 +143,7 @@ class PieceMemo:
     def __init__(self, compute, limit: int = MEMO_LIMIT):
         self.compute = compute
         self.limit = limit
-        self.table: dict[str, str] = {}
+        self.table: dict = {}
         self.hits = 0
         self.misses = 0
 

@@ -150,8 +150,9 @@ def english_facts() -> dict:
     ).optimize()
 
     report, pairs = {}, set()
+    input_of = {name: pynini.project(g.tagger, "input").rmepsilon().optimize() for name, g in grammars.items()}
     for name, grammar in grammars.items():
-        inputs = pynini.project(grammar.tagger, "input").rmepsilon().optimize()
+        inputs = input_of[name]
         crossings = pynini.intersect(inputs, crossing).optimize()
         found = pynini.project(pynini.compose(crossings, pair), "output").rmepsilon().optimize()
         if not found.properties(pynini.ACYCLIC, True):
@@ -182,12 +183,10 @@ def english_facts() -> dict:
     # letter runs that a token other than word and punctuation reads next to a run of marks, in
     # inputs of letters, spaces and marks only: "Dr" of "Dr.", "m" of "a.m."; a word next to marks
     # that neither begins nor ends with one of them can be templated by the fast path
-    word_input = pynini.project(grammars["word"].tagger, "input").rmepsilon().optimize()
-    punct_input = pynini.project(grammars["punctuation"].tagger, "input").rmepsilon().optimize()
     template_marks = "".join(
         m for m in TEMPLATE_PUNCTUATION
-        if not pynini.compose(pynini.accep(pynini.escape(m)), word_input).num_states()
-        and pynini.compose(pynini.accep(pynini.escape(m)), punct_input).num_states())
+        if not pynini.compose(pynini.accep(pynini.escape(m)), input_of["word"]).num_states()
+        and pynini.compose(pynini.accep(pynini.escape(m)), input_of["punctuation"]).num_states())
     marks = pynini.union(*(pynini.escape(m) for m in template_marks)).optimize()
     space = pynini.accep(" ")
     # a templated piece holds ASCII letters, spaces and these marks only, and no marks between two
@@ -199,7 +198,6 @@ def english_facts() -> dict:
     lead = delete(sigma + not_letter) | pynini.accep("")
     tail = delete(not_letter + sigma) | pynini.accep("")
     bar = pynini.cross("", "|")
-    one = byte.BYTE
     # each crossing as "run|context" or "context|run", the context cut short next to the marks
     # (after them: up to the end of the next letter run; before them: one character), so that
     # contexts are finite; a shorter context makes the fast path refuse more words, never fewer
@@ -211,18 +209,17 @@ def english_facts() -> dict:
                             | pynini.accep(""))),
         # marks, spaces, then a word ("Louis" of "St. Louis")
         "after_marks_and_spaces": (sigma + marks.plus + space.plus + letter + sigma,
-                                   (delete(sigma) + one | pynini.accep("")) + marks.plus + space.plus + bar
+                                   (delete(sigma) + byte.BYTE | pynini.accep("")) + marks.plus + space.plus + bar
                                    + letter.plus + tail),
         # a space or the token's start, marks, then a word ("hello" of "(hello")
         "after_opening_marks": (opening + marks.plus + letter + sigma,
                                 (delete(sigma) + space | pynini.accep("")) + marks.plus + bar + letter.plus + tail),
     }
     crossings: dict[str, set[str]] = {key: set() for key in patterns}
-    for name, grammar in grammars.items():
+    for name in grammars:
         if name in ("word", "punctuation"):
             continue
-        inputs = pynini.intersect(pynini.project(grammar.tagger, "input").rmepsilon().optimize(),
-                                  simple).optimize()
+        inputs = pynini.intersect(input_of[name], simple).optimize()
         for key, (pattern, extract) in patterns.items():
             found = pynini.project(pynini.compose(pynini.intersect(inputs, pattern.optimize()),
                                                   extract.optimize()), "output").rmepsilon().optimize()
