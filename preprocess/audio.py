@@ -31,13 +31,19 @@ import io
 import math
 import os
 from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
-import torch
-import torch.nn.functional as F
 
 from .manifest import AudioRef
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported by the functions that compute with it: the planner reads audio headers
+# through this module before the job has started its CPU workers, which should not wait for it
+# (executors/inprocess.py).
 
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99
@@ -203,6 +209,8 @@ def mix_to_mono(data: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(data[:, 0])
     # the reference averages a channels-first float32 tensor; doing the same reduction on the
     # same layout keeps multi-channel mixes bit-identical to it
+    import torch
+
     channels_first = torch.from_numpy(np.ascontiguousarray(data.T))  # [C, N]
     return channels_first.mean(dim=0).numpy()
 
@@ -242,6 +250,8 @@ def _sinc_kernel(orig: int, new: int, dtype: torch.dtype, device: torch.device) 
 
     Same operations in the same order and dtype as torchaudio, so float32 kernels agree bitwise.
     """
+    import torch
+
     base = min(orig, new) * ROLLOFF
     width = math.ceil(LOWPASS_FILTER_WIDTH * orig / base)
     taps = torch.arange(-width, width + orig, dtype=dtype, device=device)[None, None] / orig  # [1,1,K]
@@ -271,6 +281,8 @@ def resample(wave: torch.Tensor, orig_sr: int, new_sr: int) -> torch.Tensor:
     The reference resamples on the CPU; on CUDA, cuDNN may run the float32 conv1d in TF32
     (torch.backends.cudnn.allow_tf32), which is far from exact.
     """
+    import torch.nn.functional as F
+
     if orig_sr <= 0 or new_sr <= 0:
         raise ValueError(f"sample rates must be positive, got {orig_sr} -> {new_sr}")
     if not wave.is_floating_point():
@@ -301,6 +313,8 @@ def to_16k(wave: np.ndarray, sr: int, mode: str = "reference") -> np.ndarray:
     """
     if mode not in MODES:
         raise ValueError(f"unknown resampling mode {mode!r}; expected one of {MODES}")
+    import torch
+
     x = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))[None]  # [1, N], as torchaudio loads
     if mode == "reference":
         x = resample(x, sr, REFERENCE_INTERMEDIATE_SR)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
+from .device_kind import device_kind
 from .options import JobDefaults, JobOptions, Limits
 
 PATH = click.Path(path_type=Path)
-# Which flag provides each model file (models.bundle.MissingModelFile.role).
+# Which flag provides each model file (models.files.MissingModelFile.role).
 MODEL_FLAGS = {"config": "--config", "gpt_checkpoint": "--gpt-checkpoint", "w2v_stats": "--w2v-stats",
                "w2v_bert": "--w2v-bert", "semantic_codec": "--semantic-codec"}
 
@@ -111,7 +112,7 @@ def preprocess_data(manifest, input_format, fields, output_dir, datasets, output
     train/val manifests the trainer reads, stats.json and rejects.jsonl. Rerun the same
     command to resume after an interruption.
     """
-    from .models.bundle import MissingModelFile, ModelPaths
+    from .models.files import MissingModelFile, ModelPaths
     from .launch import DatasetSpec, parse_dataset, run_datasets
 
     if datasets and (manifest or output_dir):
@@ -146,10 +147,9 @@ def preprocess_data(manifest, input_format, fields, output_dir, datasets, output
         shard = parse_shard(shard) if shard else None
     except ValueError as e:
         fail(str(e))
-    from .device import resolve_device
     from .executors.devices import parse_devices
     try:
-        resolve_device(device)
+        device_kind(device)
         device_list = parse_devices(devices) if devices else None
     except (RuntimeError, ValueError) as e:
         fail(str(e))

@@ -15,6 +15,7 @@ import time
 import torch
 
 from .batching import Budget, batch_cost, take_batch
+from .heap import keep_freed_memory
 from .prepare import Prepared
 
 
@@ -43,6 +44,7 @@ class DeviceStage:
     """Turns prepared items into features; splits a batch that runs out of memory."""
 
     def __init__(self, bundle, device: torch.device, budget: Budget):
+        keep_freed_memory()
         self.bundle, self.device, self.budget = bundle, device, budget
         self.busy_seconds = 0.0
         self.valid_frames = 0

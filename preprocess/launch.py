@@ -67,7 +67,7 @@ def run_datasets(base: JobOptions, specs: list[DatasetSpec], devices: list[str] 
     from .executors.array import shard_job
     from .executors.devices import OnePerDevice, WorkerFailed
     from .executors.inprocess import InProcess
-    from .models.unifiedvoice import UntrustedCheckpoint
+    from .models.files import UntrustedCheckpoint
     from .job import Job
     from .store.fsutil import DiskFull
     from .provenance import describe_inputs

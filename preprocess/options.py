@@ -15,7 +15,7 @@ import yaml
 from .contract import MAX_CODE_LEN, MAX_TEXT_LEN, W2V_BERT_LAYER
 
 if TYPE_CHECKING:  # the CPU workers import this module; they need no model code
-    from .models.bundle import ModelPaths
+    from .models.files import ModelPaths
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "job.yaml"
 

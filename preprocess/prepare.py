@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .heap import keep_freed_memory
 from .manifest import Reject
 from .options import Limits
 from .plan import WorkItem
@@ -64,6 +65,7 @@ def init_worker(tokenizer: str, resample: str, limits: Limits, device_fbank: boo
     import torch
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # the resample chain and fbank allocate and free large arrays per item
     if niceness:
         # Sharing cores with the model's threads: yield to them, so a busy worker never stalls
         # a model thread at its barrier; the worker then runs while the model waits.

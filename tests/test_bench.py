@@ -1,6 +1,8 @@
 """tools/bench.py on tiny checkpoints: the JSON it prints has the documented fields, consistent."""
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -163,3 +165,33 @@ def test_decode_mode_reads_every_source_kind(capsys):
         assert got["items"] == 6 and got["rejects"] == 0
         assert got["audio_seconds"] == sources["loose"]["audio_seconds"] > 3
         assert got["decode_throughput_vs_loose"] > 0
+
+
+def test_allocator_mode_compares_like_with_like(tiny_models, capsys):
+    r = bench.main(["--models", str(tiny_models), "--mode", "allocator", "--threads", "1", "--rounds", "3"])["allocator"]
+    assert r["outputs_identical"] is True
+    assert r["runs"]["default"]["heap_setting_took"] is None
+    assert r["runs"]["kept"]["heap_setting_took"] in (True, False)  # False only off glibc
+    for run in r["runs"].values():
+        assert run["torch_threads"] == 1
+        assert sorted(run["per_frames"], key=int) == [str(t) for t in r["frames"]]
+        for t in run["per_frames"].values():
+            assert 0 < t["best_seconds"] <= t["median_seconds"]
+    assert set(r["speedup_best"]) == set(r["frames"])
+
+
+def test_scripts_variant_makes_the_loops_outputs(tiny_models, tmp_path):
+    """The reference mode's emulation of the scripts' model calls (24 layers, all hidden states,
+    transformers' feature extractor, WeTextProcessing alone) ends where our loop does."""
+    import bench_reference
+
+    manifest, _ = benchlib.generate_corpus(tmp_path / "corpus", 2, 1.0, 2.0, 3, "uniform")
+    for variant in ("loop", "scripts"):
+        subprocess.run(bench_reference.command(variant, manifest, tmp_path / variant, tiny_models),
+                       check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    ours, theirs = (bench_reference.outputs_of(tmp_path / v) for v in ("loop", "scripts"))
+    assert len(ours) == 2
+    agreement = bench_reference.agreement(theirs, ours)
+    assert agreement["same_utterances"] and agreement["text_ids_equal"]
+    assert agreement["codes_equal_share"] >= 0.99
+    assert agreement["latent_max_abs_diff"] < 1e-3

@@ -1,6 +1,8 @@
 """The job skeleton and its options: defaults from configs/job.yaml, what the fingerprint holds,
-what model errors carry, and that the CLI module loads without torch."""
+what model errors carry, that the CLI module loads without torch, and that a run starts its CPU
+workers before it imports torch."""
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -10,7 +12,7 @@ import pytest
 
 import preprocess.text
 from preprocess.job import Job
-from preprocess.models.bundle import MissingModelFile, ModelPaths
+from preprocess.models.files import MissingModelFile, ModelPaths
 from preprocess.options import DEFAULT_CONFIG, JobDefaults, JobOptions, Limits, output_options
 from preprocess.store.journal import ConfigMismatch
 
@@ -89,6 +91,85 @@ def test_cli_module_and_light_commands_import_no_torch():
                 f"r = CliRunner().invoke(main, [{command!r}, '--help']); "
                 "sys.exit(r.exit_code or 'torch' in sys.modules)")
         assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0, command
+
+
+# The data command, run in a fresh interpreter: when the main process first imports torch, the
+# CPU workers must already have been started (their own start-up then runs beside the import).
+STARTUP_PROBE = """
+import sys
+from click.testing import CliRunner
+import preprocess.prepare as prepare
+from preprocess.cli import preprocess_data
+
+started, seen = [], {}
+init = prepare.CpuStage.__init__
+def counting_init(self, *a, **k):
+    started.append(1)
+    init(self, *a, **k)
+prepare.CpuStage.__init__ = counting_init
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        frame, looking = sys._getframe(1), False
+        while frame is not None:  # importlib.util.find_spec only looks (options.device_kind)
+            looking |= frame.f_code.co_filename.endswith("importlib/util.py")
+            frame = frame.f_back
+        if name in ("torch", "transformers") and name not in seen and not looking:
+            seen[name] = len(started)
+        return None
+sys.meta_path.insert(0, Watch())
+r = CliRunner().invoke(preprocess_data, sys.argv[1:])
+print(r.exit_code, seen.get("torch"), seen.get("transformers"))
+"""
+
+
+def test_the_job_starts_its_workers_before_importing_torch(corpus, tiny_models, tmp_path):  # noqa: F811
+    from test_pipeline import cli_args
+
+    args = cli_args(corpus, tmp_path / "out", tiny_models, "--device", "cpu")
+    out = subprocess.run([sys.executable, "-c", STARTUP_PROBE, *args], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr
+    exit_code, torch_after, transformers_after = out.stdout.split()[-3:]
+    assert exit_code == "0"
+    assert torch_after == "1" and transformers_after == "1"  # CpuStage instances started before each
+    assert (tmp_path / "out" / "train_manifest.jsonl").exists()
+
+
+def test_device_kind_needs_torch_only_where_cuda_may_be(tmp_path, monkeypatch):
+    import importlib.machinery
+
+    import preprocess.device_kind as options
+
+    code = "import sys; from preprocess.device_kind import device_kind; k = device_kind('cpu'); sys.exit(k != 'cpu' or 'torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    import torch
+
+    assert options.device_kind("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="--device gpu0"):
+        options.device_kind("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            options.device_kind("cuda:0")
+
+    def installed(version_py: str | None):
+        pkg = tmp_path / "fake" / "torch"
+        pkg.mkdir(parents=True, exist_ok=True)
+        (pkg / "version.py").unlink(missing_ok=True)
+        if version_py is not None:
+            (pkg / "version.py").write_text(version_py)
+        spec = importlib.machinery.ModuleSpec("torch", None, is_package=True)
+        spec.submodule_search_locations = [str(pkg)]
+        monkeypatch.setattr(options.importlib.util, "find_spec", lambda name: spec)
+
+    installed("cuda: Optional[str] = None\nhip: Optional[str] = None\n")
+    assert options._torch_may_have_gpu() is False
+    installed("cuda: Optional[str] = '12.8'\nhip: Optional[str] = None\n")
+    assert options._torch_may_have_gpu() is True
+    installed("cuda: Optional[str] = None\nhip: Optional[str] = '6.2.4'\n")
+    assert options._torch_may_have_gpu() is True
+    installed(None)  # no version file: ask torch itself
+    assert options._torch_may_have_gpu() is True
 
 
 # -- the automatic budget on a real run --------------------------------------------------------

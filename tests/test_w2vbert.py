@@ -3,11 +3,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Wav2Vec2BertConfig, Wav2Vec2BertModel
 
-from preprocess.models.w2vbert import (
-    FeatureStandardizer,
-    SemanticEncoder,
-    resolve_w2v_bert_dir,
-)
+from preprocess.models.files import resolve_w2v_bert_dir
+from preprocess.models.w2vbert import FeatureStandardizer, SemanticEncoder
 
 LAYER = 17
 

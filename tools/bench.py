@@ -6,8 +6,11 @@
 
 Modes, each in a module of its own beside this file:
   end-to-end, model-only, both, plan   the job's throughput, timed per batch (bench_job.py)
-  reference    our job beside --batch-size 1 and beside the old scripts' sequential loop over
-               the same model code, one run, same corpus (bench_reference.py)
+  reference    our job beside --batch-size 1, beside the old scripts' sequential loop over the
+               same model code and beside that loop with the scripts' own model calls, one run,
+               same corpus (bench_reference.py)
+  allocator    the model stage with glibc's defaults against freed memory kept in the heap
+               (preprocess/heap.py), model-only, one utterance per length (bench_allocator.py)
   store        the feature stores alone: write, files, read latency (bench_store.py)
   cpu-stage    the CPU stage per component and per core (bench_cpu_stage.py)
   decode       reading and decoding from tar shards, Parquet, Arrow and Lhotse manifests against
@@ -50,6 +53,11 @@ def _reference(args):
     return bench_reference.reference_benchmark(args)
 
 
+def _allocator(args):
+    import bench_allocator
+    return bench_allocator.allocator_benchmark(args)
+
+
 def _store(args):
     import bench_store
     return bench_store.store_benchmark(args)
@@ -61,7 +69,7 @@ def _ray(args):
 
 
 MODES = {"end-to-end": _job, "model-only": _job, "both": _job, "plan": _job,
-         "reference": _reference, "store": _store, "ray": _ray}
+         "reference": _reference, "allocator": _allocator, "store": _store, "ray": _ray}
 # cpu-stage and decode have options of their own: `tools/bench.py --mode cpu-stage --help`
 OWN_OPTIONS = {"cpu-stage": "bench_cpu_stage", "decode": "bench_decode"}
 
@@ -95,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="store mode: random single-utterance reads, warm and cold")
     ap.add_argument("--precision-compare", choices=("bf16", "fp16"), default=None,
                     help="also run the model-only batches in fp32 and in this precision and compare")
-    ap.add_argument("--rounds", type=int, default=2, help="reference mode: interleaved rounds per variant")
+    ap.add_argument("--rounds", type=int, default=2, help="reference mode: interleaved rounds per variant; allocator mode: timed runs per length (at least 3)")
     ap.add_argument("--threads-variant", action="append", metavar="W,M,N",
                     help="reference mode: also run the job with W workers, M model threads, niceness N")
     ap.add_argument("--ray-cpus", type=int, default=0,

@@ -10,7 +10,8 @@ k-th file stereo), with text of the language from tools/text_sentences.py grown 
 utterance's length (about 15 characters per second for English, 5 for Chinese, as read speech),
 and a small SentencePiece model trained on that text when no --tokenizer is given.
 
-Per utterance, on one thread (torch.set_num_threads(1), as in a CPU worker), it times:
+Per utterance, on one thread (torch.set_num_threads(1)) and with freed memory kept in the heap
+(preprocess.heap), as in a CPU worker, it times:
 
     decode    preprocess.audio.decode: the file -> float32 [N, C] at the native rate
     mono      preprocess.audio.mix_to_mono (channel mean, as the reference; a copy for mono)
@@ -179,8 +180,10 @@ def run(items: list[dict], tokenizer_path: Path, compare_reference: bool = True,
     from preprocess import text as T
     from preprocess.audio import decode, mix_to_mono, to_16k
     from preprocess.frontend import fbank, stack_frames
+    from preprocess.heap import keep_freed_memory
 
     torch.set_num_threads(1)
+    keep_freed_memory()  # as a CPU worker (preprocess.prepare.init_worker)
     tokenizer = T.TextTokenizer(tokenizer_path)
     tokenizer.normalizer.load(*{T.normaliser_hint(it["language"]) for it in items} & {"en", "zh"})
     fast = {lang: T.get_normaliser(lang) for lang in ("en", "zh")}

@@ -23,6 +23,7 @@ from ..batching import (MAX_BATCH_SECONDS, BatchPlanner, Budget, automatic_budge
                         probe_cuda_ceiling)
 from ..contract import BATCH_BUDGET
 from ..manifest import Reject
+from ..device_kind import device_kind
 from ..phase import Phase
 from ..prepare import CpuStage, Prepared, PreparedStream
 from ..store.fsutil import write_atomic
@@ -84,15 +85,11 @@ class InProcess:
         return self.bundle() if callable(self.bundle) else self.bundle
 
     def execute(self, job, plan, output, summary) -> None:
-        import torch
-
-        from ..device import PRECISIONS, DeviceStage, resolve_device
-
         opts = job.opts
-        device = resolve_device(opts.device)
-        threads = self.threads or choose_threads(device.type, opts.workers)
-        previous_threads = torch.get_num_threads()
+        kind = device_kind(opts.device)
+        threads = self.threads or choose_threads(kind, opts.workers)
         previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous_threads = None
         interrupted = None
         cpu = stage = writer = bar = None
         try:
@@ -102,11 +99,18 @@ class InProcess:
                 with Phase(summary, "prepared_text", f"indexed {opts.prepared_text}", opts.progress):
                     attach_prepared_text(todo, opts.prepared_text)
                 prepared_text = str(opts.prepared_text)
-            # The workers start (and prepare the first items) while the models load.
+            # The workers start first: their start-up (an interpreter importing torch, the text
+            # grammar, the first items) runs beside this process's own imports and model load.
             cpu = CpuStage(threads.workers, (str(opts.tokenizer), opts.resample, opts.limits,
-                                             device.type != "cpu", threads.niceness, prepared_text),
+                                             kind != "cpu", threads.niceness, prepared_text),
                            opts.language)
             stream = PreparedStream(cpu, todo, window=2 * threads.workers + 2)
+            import torch
+
+            from ..device import PRECISIONS, DeviceStage, resolve_device
+
+            device = resolve_device(opts.device)
+            previous_threads = torch.get_num_threads()
             with Phase(summary, "load_models", f"loaded the models on {device}", opts.progress):
                 bundle = self._models(opts).to(device, PRECISIONS[opts.precision])
             if threads.model:
@@ -148,7 +152,8 @@ class InProcess:
         except KeyboardInterrupt as e:
             interrupted = e
         finally:
-            torch.set_num_threads(previous_threads)
+            if previous_threads is not None:
+                torch.set_num_threads(previous_threads)
             try:
                 if cpu is not None:
                     cpu.close()

@@ -8,99 +8,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from .codec import SemanticCodec, SemanticCodecConfig
 from .unifiedvoice import ConditioningConfig, UnifiedVoiceConditioning
-from .w2vbert import FeatureStandardizer, SemanticEncoder, hf_hub_cache_dir, hub_repo_dir, resolve_w2v_bert_dir
-
-CODEC_FILE = "semantic_codec/model.safetensors"
-
-
-class MissingModelFile(FileNotFoundError):
-    """A model file is missing. `role` names which one (a ModelPaths field), so a caller can
-    say how to provide it; the message says what was looked for and where."""
-
-    def __init__(self, role: str, message: str):
-        super().__init__(message)
-        self.role = role
-
-
-def load_config(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise MissingModelFile("config", f"IndexTTS2 config.yaml {path} not found")
-    with open(path, encoding="utf-8") as f:
-        cfg = yaml.safe_load(f)
-    if not isinstance(cfg, dict) or "gpt" not in cfg:
-        raise ValueError(f"{path} is not an IndexTTS2 config.yaml (no 'gpt' section)")
-    return cfg
-
-
-def _codec_from_cache(hub_id: str) -> Path:
-    snapshots = hf_hub_cache_dir() / hub_repo_dir(hub_id) / "snapshots"
-    found = sorted(snapshots.glob(f"*/{CODEC_FILE}")) if snapshots.is_dir() else []
-    if not found:
-        raise MissingModelFile(
-            "semantic_codec", f"no {hub_id} semantic codec in the local Hugging Face cache "
-                              f"({snapshots}/*/{CODEC_FILE}); nothing is downloaded at run time")
-    return found[-1]
-
-
-@dataclass
-class ModelPaths:
-    config: Path
-    gpt_checkpoint: Path
-    w2v_stats: Path
-    w2v_bert: Path
-    semantic_codec: Path
-
-    @classmethod
-    def resolve(cls, config, gpt_checkpoint=None, w2v_stats=None, w2v_bert=None,
-                semantic_codec=None, w2v_bert_hub_id: str = "facebook/w2v-bert-2.0",
-                semantic_codec_hub_id: str = "amphion/MaskGCT") -> "ModelPaths":
-        """Fill unset paths the way the reference does: gpt_checkpoint and w2v_stat relative to
-        the config's directory; w2v-BERT and the codec from the local HF cache. Never downloads."""
-        config = Path(config)
-        cfg = load_config(config)
-        here = config.parent
-
-        def beside(value, key, role):
-            if value is not None:
-                p = Path(value)
-            elif cfg.get(key):
-                p = here / cfg[key]
-            else:
-                raise MissingModelFile(role, f"{config} has no '{key}'")
-            if not p.is_file():
-                raise MissingModelFile(role, f"{role} file {p} not found")
-            return p
-
-        gpt = beside(gpt_checkpoint, "gpt_checkpoint", "gpt_checkpoint")
-        stats = beside(w2v_stats, "w2v_stat", "w2v_stats")
-        try:
-            w2v = resolve_w2v_bert_dir(w2v_bert, w2v_bert_hub_id)
-        except FileNotFoundError as e:
-            raise MissingModelFile("w2v_bert", str(e)) from None
-        codec = Path(semantic_codec) if semantic_codec is not None else _codec_from_cache(semantic_codec_hub_id)
-        if not codec.is_file():
-            raise MissingModelFile("semantic_codec", f"semantic codec {codec} not found")
-        return cls(config, gpt, stats, w2v, codec)
-
-    def files(self) -> dict[str, Path]:
-        """Every file whose bytes decide the outputs (for hashing)."""
-        out = {"config": self.config, "gpt_checkpoint": self.gpt_checkpoint,
-               "w2v_stats": self.w2v_stats, "semantic_codec": self.semantic_codec,
-               "w2v_bert_config": self.w2v_bert / "config.json"}
-        for p in sorted(self.w2v_bert.glob("*.safetensors")):
-            out[f"w2v_bert/{p.name}"] = p
-        return out
+from .files import ModelPaths, load_config
+from .w2vbert import FeatureStandardizer, SemanticEncoder
 
 
 @dataclass

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from .conformer import ConformerConfig, ConformerEncoder
+from .files import CheckpointError, UntrustedCheckpoint
 from .perceiver import PerceiverResampler
 
 PREFIXES = (
@@ -31,14 +32,6 @@ PREFIXES = (
     "emovec_layer.",
     "emo_layer.",
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message names the file and the key."""
-
-
-class UntrustedCheckpoint(CheckpointError):
-    """The checkpoint pickles objects beyond tensors; loading it would need the full unpickler."""
 
 
 @dataclass

@@ -22,63 +22,8 @@ from transformers.models.wav2vec2_bert.modeling_wav2vec2_bert import (
     Wav2Vec2BertFeatureProjection,
 )
 
-HUB_ID = "facebook/w2v-bert-2.0"
 # Head models (e.g. ...ForCTC) save the base model under this prefix; accept both layouts.
 BASE_MODEL_PREFIX = "wav2vec2_bert."
-
-
-def hf_hub_cache_dir() -> Path:
-    """The local Hugging Face hub cache, resolved the way huggingface_hub resolves it."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface" / "hub"
-
-
-def hub_repo_dir(hub_id: str) -> str:
-    """The cache folder name of a hub model id: "facebook/w2v-bert-2.0" -> "models--facebook--w2v-bert-2.0"."""
-    return "models--" + hub_id.replace("/", "--")
-
-
-def _is_model_dir(path: Path) -> bool:
-    has_weights = (path / "model.safetensors").is_file() or (
-        path / "model.safetensors.index.json"
-    ).is_file()
-    return (path / "config.json").is_file() and has_weights
-
-
-def resolve_w2v_bert_dir(path_or_none: str | os.PathLike | None, hub_id: str = HUB_ID) -> Path:
-    """The local w2v-BERT 2.0 directory: the given one, or a snapshot in the local HF cache.
-
-    Never downloads. A missing directory or file is a FileNotFoundError that says what to provide.
-    """
-    if path_or_none is not None:
-        path = Path(path_or_none).expanduser()
-        if not _is_model_dir(path):
-            raise FileNotFoundError(
-                f"w2v-BERT directory {path} must contain config.json and model.safetensors "
-                f"(a local copy of {hub_id})"
-            )
-        return path
-
-    repo = hf_hub_cache_dir() / hub_repo_dir(hub_id)
-    candidates = []
-    ref = repo / "refs" / "main"
-    if ref.is_file():
-        candidates.append(repo / "snapshots" / ref.read_text().strip())
-    # Then any other snapshot, newest first, in case refs/main is absent or stale.
-    others = sorted((repo / "snapshots").glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True)
-    candidates += [p for p in others if p not in candidates]
-    for snapshot in candidates:
-        if _is_model_dir(snapshot):
-            return snapshot
-    raise FileNotFoundError(
-        f"{hub_id} not found in the local Hugging Face cache ({repo}/snapshots/*/ "
-        "with config.json and model.safetensors); nothing is downloaded at run time"
-    )
 
 
 def _safetensors_files(model_dir: Path) -> list[Path]:
