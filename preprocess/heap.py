@@ -6,7 +6,7 @@ model stage allocates and frees tensors of tens to hundreds of MiB per layer (a 
 of 1 MiB per Conformer frame, [B, 16, T, T] attention scores), so each allocation came back as
 fresh pages that the kernel faults in and zeroes again. With a high threshold and no trimming,
 freed blocks are reused as they are. Measured at full size on a 2-core CPU, batch 1, 2 threads
-(`tools/bench.py --mode allocator`, docs/PERFORMANCE.md): 12.4 M minor faults for fifteen runs of
+(`tools/bench.py --mode allocator`, docs/PERFORMANCE.md): 12.4 M minor faults for twelve runs of
 5-15 s became 0.63 M, and a 5 s, 10 s and 15 s utterance ran 1.31x, 1.23x and 1.76x faster.
 Results do not change (every operation is the same); the resident size stays near its
 high-water mark instead (+0.8 GiB there).
