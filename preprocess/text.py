@@ -231,15 +231,10 @@ _TN_LOADERS = {"zh": _load_chinese_tn, "en": _load_english_tn}
 _fast_loaded: dict[str, object] = {}
 
 
-def _compiled_grammar_files(lang: str) -> dict[str, Path]:
-    if lang == "zh":
-        root, prefix = tn_cache_dir(), "zh"
-    else:
-        import tn
-
-        root, prefix = Path(tn.__file__).parent, "en"
-    return {f"{prefix}_tagger": root / f"{prefix}_tn_tagger.fst",
-            f"{prefix}_verbalizer": root / f"{prefix}_tn_verbalizer.fst"}
+def _chinese_grammar_files() -> dict[str, Path]:
+    """The compiled grammar files the stored facts (preprocess/text_fast.py) were derived from."""
+    root = tn_cache_dir()
+    return {"zh_tagger": root / "zh_tn_tagger.fst", "zh_verbalizer": root / "zh_tn_verbalizer.fst"}
 
 
 def tn_fast_path_enabled() -> bool:
@@ -259,8 +254,9 @@ def get_normaliser(lang: str):
             fast = _fast_loaded.get(lang)
             if fast is None or fast.reference is not reference:
                 enabled = tn_fast_path_enabled() and hasattr(reference, "tagger")
-                facts = facts_for_installed_grammar(_compiled_grammar_files(lang)) if enabled else None
-                fast = FastNormalizer(reference, lang, facts)
+                facts = (facts_for_installed_grammar(_chinese_grammar_files())
+                         if enabled and lang == "zh" else None)
+                fast = FastNormalizer(reference, lang, facts, enabled)
                 _fast_loaded[lang] = fast
     return fast
 

@@ -36,6 +36,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+if "cpu-stage" in sys.argv:
+    # one BLAS thread, as in a CPU worker; it must be set before numpy loads (bench_cpu_stage.py)
+    for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import torch  # noqa: E402
 
 from benchlib import machine_info  # noqa: E402

@@ -47,7 +47,7 @@ from pathlib import Path
 # One BLAS thread, as a CPU worker should run: numpy's OpenBLAS otherwise starts a thread per core
 # for the fbank's mel product, which on a shared machine costs CPU time without changing a bit
 # (tests/test_frontend.py). Set before numpy is imported; export OPENBLAS_NUM_THREADS to override.
-# (Reached through tools/bench.py, numpy is already loaded and the caller's setting applies.)
+# (tools/bench.py --mode cpu-stage sets the same before it imports torch.)
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
@@ -188,14 +188,15 @@ def run(items: list[dict], tokenizer_path: Path, compare_reference: bool = True,
     tokenizer.normalizer.load(*{T.normaliser_hint(it["language"]) for it in items} & {"en", "zh"})
     fast = {lang: T.get_normaliser(lang) for lang in ("en", "zh")}
 
+    reference_only = {lang: type(n)(n.reference, lang, None, enabled=False) for lang, n in fast.items()}
+
     class ReferenceOnly(T.TextNormalizer):
-        """The same branches with the reference normaliser (fast path off)."""
+        """The same branches with the reference normaliser alone (no search, no memo)."""
 
         def normalize(self, text, hint=None):
             saved = dict(T._fast_loaded)
             try:
-                for lang, n in saved.items():
-                    T._fast_loaded[lang] = type(n)(n.reference, lang, None)
+                T._fast_loaded.update(reference_only)
                 return super().normalize(text, hint)
             finally:
                 T._fast_loaded.update(saved)

@@ -5,7 +5,8 @@
 For every sentence of `tools/text_sentences.py` the text is prepared as the pipeline's branch
 prepares it for the normaliser (English: contractions expanded; Chinese: contractions expanded,
 right-stripped, pinyin and names behind placeholders), then given to both
-`tn.<language>.normalizer.Normalizer.normalize` (the reference) and our `FastNormalizer.normalize`,
+`tn.<language>.normalizer.Normalizer.normalize` (the reference) and our `FastNormalizer.normalize`
+(the exact search of preprocess/text_search.py, and for Chinese the copying of text_fast.py),
 which must return the same string, or raise when the reference raises. Timing is interleaved: each
 sentence is timed on both sides in turn (the order alternating), so the machine's load touches
 both alike; the figures are per character of prepared text. Our side is timed twice: as it runs in
@@ -49,7 +50,7 @@ def _run(fn, text):
 
 
 def _digit_pattern(language: str) -> re.Pattern:
-    """What makes the fast path send a text to the reference whole."""
+    """Texts with a number: the classes of `by_class`."""
     from preprocess.text_fast import DIGITS_ZH
 
     return re.compile(f"[{DIGITS_ZH}]" if language == "zh" else "[0-9]")
@@ -68,17 +69,17 @@ def check(language: str, count: int, seed: int, time_every: int = 1, progress: i
 
     reference = get_tn(language)
     fast = get_normaliser(language)
-    if fast.path is None:
-        raise SystemExit("the fast path is off (facts do not match the installed grammar); nothing to check")
-    cold = FastNormalizer(reference, language, None)  # same facts, private memo for the cold timing
-    cold.path = type(fast.path)(reference, _facts(language))
+    if not fast.searched:
+        raise SystemExit("the exact search is off (see the warning above); nothing to check")
+    # the same normaliser with a private memo, emptied before each sentence, for the cold timing
+    cold = FastNormalizer(reference, language, {language: _facts(language)} if fast.path else None)
 
     k, n = part  # sentences k, k+n, k+2n, ... of the generated list (parallel runs split one list)
     source = (file.read_text(encoding="utf-8").splitlines() if file else sentences(language, count, seed))
     texts = [prepare(s, language) for i, s in enumerate(source) if i % n == k]
     load_before = load_average()
     spent = {"reference": 0.0, "ours_memo": 0.0, "ours_no_memo": 0.0}
-    # the same, split by whether the text holds a digit (such texts go to the reference whole)
+    # the same, split by whether the text holds a digit (Chinese: such texts are searched whole)
     by_class = {c: {"sentences": 0, "characters": 0, "reference": 0.0, "ours_memo": 0.0}
                 for c in ("with_digit", "without_digit")}
     digit = _digit_pattern(language)
@@ -99,9 +100,7 @@ def check(language: str, count: int, seed: int, time_every: int = 1, progress: i
                 cls = by_class["with_digit" if digit.search(text) else "without_digit"]
                 cls["reference" if side == "ref" else "ours_memo"] += dt
         if timed:
-            for memo in (cold.path.memo, getattr(cold.path, "templates", None)):
-                if memo is not None:
-                    memo.table.clear()
+            cold.memo.table.clear()
             t0 = time.perf_counter()
             results["cold"] = _run(cold.normalize, text)
             spent["ours_no_memo"] += time.perf_counter() - t0
@@ -135,6 +134,7 @@ def check(language: str, count: int, seed: int, time_every: int = 1, progress: i
                          "speedup": round(v["reference"] / v["ours_memo"], 1) if v["ours_memo"] else None}
                      for c, v in by_class.items()},
         "memo": fast.memo_stats(),
+        "search_fallbacks": fast.engine.fallbacks,  # texts the reference normalised instead
         "load_average_before": load_before, "load_average_after": load_average(),
         "wall_seconds": round(time.time() - t_start, 1),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -144,7 +144,7 @@ def check(language: str, count: int, seed: int, time_every: int = 1, progress: i
 def _facts(language: str) -> dict:
     from preprocess.text_fast import load_facts
 
-    return load_facts()[language]
+    return load_facts()[language]  # only Chinese has facts
 
 
 def main(argv=None) -> int:

