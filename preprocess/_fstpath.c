@@ -35,7 +35,6 @@
 typedef struct {
     PyObject_HEAD
     int32_t nstates, start;
-    int64_t narcs;
     int64_t *off;          /* [nstates + 1] arcs of q: off[q] .. off[q + 1] */
     int32_t *ilabel, *olabel, *next;
     float *weight, *final; /* final: +inf where not final */
@@ -153,7 +152,6 @@ static int read_vector_fst(FstPath *self, const uint8_t *data, size_t size) {
     }
     r.p = states;
     self->nstates = (int32_t)ns;
-    self->narcs = na;
     self->start = (int32_t)start;
     self->off = malloc((size_t)(ns + 1) * sizeof(int64_t));
     self->final = malloc((size_t)ns * sizeof(float));
